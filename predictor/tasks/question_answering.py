@@ -1,0 +1,124 @@
+"""question_answering: the best answer span of the context, over sliding windows of any length.
+
+transformers 5 has no question-answering pipeline any more, so span selection is written here
+(as the old pipeline did it: softmax per window over context tokens, best start*end product with
+end >= start and at most max_answer_length tokens, best window wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from predictor.config import TaskName
+from predictor.errors import InvalidRequestError
+from predictor.tasks.base import (
+    Encoded,
+    Explanation,
+    Instance,
+    Prediction,
+    TaskBase,
+    check_text,
+    details_flag,
+    int_target,
+)
+
+_MIN_CONTEXT_TOKENS = 16
+
+
+def best_span(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, max_len: int) -> tuple[int, int, float]:
+    """Best (start, end, probability) in one window; logits outside the context are ignored."""
+    neg = torch.finfo(torch.float32).min
+    start_p = torch.softmax(start.float().masked_fill(~context, neg), -1)
+    end_p = torch.softmax(end.float().masked_fill(~context, neg), -1)
+    scores = start_p[:, None] * end_p[None, :]
+    n = scores.shape[0]
+    allowed = torch.ones(n, n, dtype=torch.bool).triu().tril(max_len - 1)  # end >= start, span <= max_len
+    scores = scores.masked_fill(~allowed, 0.0)
+    flat = int(scores.argmax())
+    return flat // n, flat % n, float(scores.view(-1)[flat])
+
+
+class QuestionAnsweringTask(TaskBase):
+    """TorchServe answer: the answer string. Details: answer, score, character start/end."""
+
+    name = TaskName.QUESTION_ANSWERING
+
+    def parse(self, raw: Any) -> Instance:
+        """{"question": ..., "context": ..., "target": 0|1, "details": bool}, as JSON text or an object."""
+        value = self.parse_object(raw)
+        if not isinstance(value, Mapping):
+            raise InvalidRequestError('question_answering expects a JSON object {"question": ..., "context": ...}')
+        missing = [k for k in ("question", "context") if not isinstance(value.get(k), str)]
+        if missing:
+            raise InvalidRequestError(f"question_answering: field(s) {missing} missing or not strings")
+        limit = self.config.limits.max_text_chars
+        question = check_text(value["question"], limit, "question")
+        context = check_text(value["context"], limit, "context")
+        budget = self.handler.max_length - self.tokenizer.num_special_tokens_to_add(pair=True) - _MIN_CONTEXT_TOKENS
+        q_tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+        if q_tokens > budget:
+            raise InvalidRequestError(f"question has {q_tokens} tokens; at most {budget} fit with "
+                                      f"handler.max_length {self.handler.max_length}")
+        return Instance(text=question, context=context, target=int_target(value.get("target"), 2),
+                        details=details_flag(value, self.handler.details))
+
+    def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
+        """Windows over the context; each instance alone, so its windows never depend on its batch."""
+        return [self._encode_one(i) for i in batch]
+
+    def _encode_one(self, instance: Instance) -> Encoded:
+        q_tokens = len(self.tokenizer(instance.text, add_special_tokens=False)["input_ids"])
+        room = self.handler.max_length - q_tokens - self.tokenizer.num_special_tokens_to_add(pair=True)
+        stride = max(0, min(self.handler.doc_stride, room // 2))
+        enc = self.tokenizer(
+            instance.text, instance.context, truncation="only_second", max_length=self.handler.max_length,
+            stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+        )
+        rows, windows = [], []
+        for row in range(len(enc["input_ids"])):
+            rows.append({k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc})
+            context_mask = [sid == 1 for sid in enc.sequence_ids(row)]
+            windows.append((enc["offset_mapping"][row], context_mask))
+        return Encoded(instance=instance, rows=rows, meta={"windows": windows})
+
+    def logits(self, batch: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end logits of every window of the batch, [windows, longest]."""
+        with torch.inference_mode():
+            out = self.model(self.pad([row for e in batch for row in e.rows]))
+        return out[0].float().cpu(), out[1].float().cpu()
+
+    def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
+        """Best span per item over its windows."""
+        start, end = self.logits(batch)
+        results: list[Prediction] = []
+        w = 0
+        for enc in batch:
+            best = (-1.0, 0, 0)
+            for offsets, context_mask in enc.meta["windows"]:
+                n = len(offsets)
+                mask = torch.tensor(context_mask)
+                s, e, score = best_span(start[w, :n], end[w, :n], mask, self.handler.max_answer_length)
+                if score > best[0]:
+                    best = (score, offsets[s][0], offsets[e][1])
+                w += 1
+            score, char_start, char_end = best
+            answer = enc.instance.context[char_start:char_end]  # type: ignore[index]
+            if enc.instance.details:
+                results.append({"answer": answer, "score": score, "start": char_start, "end": char_end,
+                                "windows": len(enc.rows)})
+            else:
+                results.append(answer)
+        return results
+
+    def explain(self, instance: Instance) -> Explanation:
+        """Attributions of question and context tokens to the answer's start and end."""
+        from predictor.explain import explain_question_answering
+
+        return explain_question_answering(self, instance)
+
+    def sample_input(self) -> Any:
+        """Warm-up input."""
+        return {"question": "Who wrote the handler?", "context": "The handler was written by the team."}

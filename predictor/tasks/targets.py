@@ -1,0 +1,37 @@
+"""Explanation targets that need more than a class index, parsed without eval."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from predictor.errors import InvalidRequestError
+
+# The seed's TorchServe examples send token targets as a Python tuple literal, "(1, 2)".
+_PAIR = re.compile(r"^\s*[\(\[]\s*(\d+)\s*,\s*(\d+)\s*[\)\]]\s*$")
+
+
+def parse_token_target(target: Any, num_labels: int) -> tuple[int, int] | None:
+    """A token-classification target: [position, label], "(position, label)" or {"position", "label"}."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        match = _PAIR.match(target)
+        if not match:
+            raise InvalidRequestError(f"field 'target': expected [position, label] or \"(position, label)\", "
+                                      f"got {target!r}")
+        target = [int(match.group(1)), int(match.group(2))]
+    if isinstance(target, Mapping):
+        target = [target.get("position"), target.get("label")]
+    if (
+        not isinstance(target, (list, tuple))
+        or len(target) != 2
+        or not all(type(x) is int and x >= 0 for x in target)
+    ):
+        raise InvalidRequestError(f"field 'target': expected [position, label] with non-negative integers, "
+                                  f"got {target!r}")
+    position, label = target
+    if num_labels and label >= num_labels:
+        raise InvalidRequestError(f"field 'target': label {label} is not a class index 0..{num_labels - 1}")
+    return position, label

@@ -1,0 +1,200 @@
+"""text_generation: the prompt and its continuation, batched (left padding) or streamed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from predictor.config import TaskName
+from predictor.errors import InvalidRequestError
+from predictor.tasks.base import (
+    Encoded,
+    Explanation,
+    GenerationParams,
+    Instance,
+    Prediction,
+    TaskBase,
+    check_text,
+    details_flag,
+    finite_number,
+    text_field,
+)
+
+_PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
+_MAX_STOPS = 8
+
+
+class TextGenerationTask(TaskBase):
+    """TorchServe answer: prompt + generated text, sampled with the seed's defaults (top_p 0.95, top_k 60)."""
+
+    name = TaskName.TEXT_GENERATION
+
+    def default_params(self) -> GenerationParams:
+        """The seed handler's sampling defaults, with the configured token budget."""
+        return GenerationParams(max_new_tokens=self.handler.max_new_tokens)
+
+    def parse(self, raw: Any) -> Instance:
+        """A prompt string, or {"text"|"prompt": ..., "parameters": {...}, "details": bool}."""
+        value = self.parse_object(raw)
+        limit = self.config.limits.max_text_chars
+        if isinstance(value, str):
+            return Instance(text=check_text(value, limit, "prompt"), details=self.handler.details,
+                            generation=self.default_params())
+        params = value.get("parameters", {})
+        if not isinstance(params, Mapping):
+            raise InvalidRequestError(f"field 'parameters': expected an object, got {type(params).__name__}")
+        return Instance(
+            text=check_text(text_field(value), limit, "prompt"),
+            details=details_flag(value, self.handler.details),
+            generation=self.parse_params(params),
+            target=value.get("target"),
+        )
+
+    def parse_params(self, raw: Mapping[str, Any]) -> GenerationParams:
+        """Validate per-request generation parameters against the server caps."""
+        if unknown := set(raw) - _PARAMS:
+            raise InvalidRequestError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(_PARAMS)}")
+        params = self.default_params()
+        cap = self.handler.max_new_tokens_limit
+        updates: dict[str, Any] = {}
+        if "max_new_tokens" in raw:
+            value = raw["max_new_tokens"]
+            updates["max_new_tokens"] = self._int_param("max_new_tokens", value, 1, cap)
+        if "do_sample" in raw:
+            if not isinstance(raw["do_sample"], bool):
+                raise InvalidRequestError(f"parameter 'do_sample': expected true or false, got {raw['do_sample']!r}")
+            updates["do_sample"] = raw["do_sample"]
+        if "temperature" in raw:
+            updates["temperature"] = finite_number("temperature", raw["temperature"], 1e-3, 100.0)
+        if "top_p" in raw:
+            updates["top_p"] = finite_number("top_p", raw["top_p"], 1e-6, 1.0)
+        if "top_k" in raw:
+            updates["top_k"] = self._int_param("top_k", raw["top_k"], 0, 10_000)
+        if "seed" in raw:
+            updates["seed"] = self._int_param("seed", raw["seed"], 0, 2**63 - 1)
+        if "stop" in raw:
+            updates["stop"] = self._parse_stop(raw["stop"])
+        return replace(params, **updates)
+
+    @staticmethod
+    def _int_param(name: str, value: Any, low: int, high: int) -> int:
+        if type(value) is not int or not low <= value <= high:
+            raise InvalidRequestError(f"parameter {name!r}: expected an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    @staticmethod
+    def _parse_stop(value: Any) -> tuple[str, ...]:
+        stops = [value] if isinstance(value, str) else value
+        if (not isinstance(stops, list) or len(stops) > _MAX_STOPS
+                or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stops)):
+            raise InvalidRequestError(f"parameter 'stop': expected up to {_MAX_STOPS} non-empty strings "
+                                      f"(at most 64 characters), got {value!r}")
+        return tuple(stops)
+
+    def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
+        """Tokenise prompts, keeping the last max_length tokens of an over-long prompt."""
+        texts = [i.text for i in batch]
+        full = self.tokenizer(texts)["input_ids"]
+        enc = self.tokenizer(texts, truncation=True, max_length=self.handler.max_length)
+        return [
+            Encoded(instance=inst, rows=[{"input_ids": enc["input_ids"][n], "attention_mask": enc["attention_mask"][n]}],
+                    truncated=len(full[n]) > len(enc["input_ids"][n]))
+            for n, inst in enumerate(batch)
+        ]
+
+    def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def _inputs(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        device = self.model.device
+        return {k: v.to(device) for k, v in self.pad([e.rows[0] for e in batch]).items() if k != "token_type_ids"}
+
+    def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
+        """Generate for a batch; items with different parameters (or a seed) are generated apart."""
+        groups: dict[Any, list[int]] = {}
+        for n, enc in enumerate(batch):
+            params = enc.instance.generation or self.default_params()
+            key = (params, n) if params.seed is not None else params  # a seeded request is reproducible alone
+            groups.setdefault(key, []).append(n)
+        results: list[Prediction] = [None] * len(batch)
+        for indices in groups.values():
+            items = [batch[n] for n in indices]
+            for n, result in zip(indices, self._generate(items), strict=True):
+                results[n] = result
+        return results
+
+    def _generate(self, batch: Sequence[Encoded]) -> list[Prediction]:
+        params = batch[0].instance.generation or self.default_params()
+        inputs = self._inputs(batch)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            out = self.model.module.generate(**inputs, **self._generate_kwargs(params))
+        prompt_len = inputs["input_ids"].shape[1]
+        return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
+
+    def _answer(self, enc: Encoded, new_ids: list[int], params: GenerationParams) -> Prediction:
+        eos = self.tokenizer.eos_token_id
+        finish = "length"
+        if eos is not None and eos in new_ids:
+            new_ids = new_ids[: new_ids.index(eos) + 1]
+            finish = "eos"
+        prompt = self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+        continuation = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        if params.stop and any(s in continuation for s in params.stop):
+            finish = "stop"
+        text = prompt + continuation  # equals the concatenation of the streamed chunks
+        if not enc.instance.details:
+            return text
+        return {"generated_text": text, "prompt_tokens": len(enc.rows[0]["input_ids"]),
+                "generated_tokens": len(new_ids), "finish_reason": finish, "truncated": enc.truncated}
+
+    def stream(self, instance: Instance) -> Iterator[str]:
+        """The answer as it is generated: the prompt first, then text pieces; their concatenation is the answer."""
+        from transformers import TextIteratorStreamer
+
+        enc = self.encode([instance])[0]
+        params = instance.generation or self.default_params()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        inputs = self._inputs([enc])
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            try:
+                with torch.inference_mode():
+                    self.model.module.generate(**inputs, **self._generate_kwargs(params), streamer=streamer)
+            except BaseException as exc:  # re-raised in the consumer below
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="predictor-generate", daemon=True)
+        worker.start()
+        yield self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+        for piece in streamer:
+            if piece:
+                yield piece
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    def explain(self, instance: Instance) -> Explanation:
+        """Attributions of the prompt tokens to the generated continuation."""
+        from predictor.explain import explain_text_generation
+
+        return explain_text_generation(self, instance)
+
+    def sample_input(self) -> Any:
+        """Warm-up input."""
+        return {"text": "Hello", "parameters": {"max_new_tokens": 2, "do_sample": False}}

@@ -1,0 +1,122 @@
+"""token_classification: a label per token; entities with scores and offsets on request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.pipelines.token_classification import AggregationStrategy, TokenClassificationPipeline
+
+from predictor.config import TaskName
+from predictor.tasks.base import (
+    Encoded,
+    Explanation,
+    Instance,
+    Prediction,
+    TaskBase,
+    check_text,
+    details_flag,
+    softmax,
+    text_field,
+)
+from predictor.tasks.targets import parse_token_target
+
+
+class _EntityGrouper(TokenClassificationPipeline):
+    """transformers' own entity grouping (gather_pre_entities + aggregate), reused without a pipeline.
+
+    Those methods only read `self.tokenizer` and `self.model.config.id2label`; building a whole
+    pipeline would need an eager transformers model, which TorchScript models are not.
+    """
+
+    def __init__(self, tokenizer: Any, labels: Sequence[str]) -> None:  # no super().__init__: no model, no device
+        self.tokenizer = tokenizer
+        self.model = SimpleNamespace(config=SimpleNamespace(id2label=dict(enumerate(labels))))
+
+    def entities(self, text: str, ids: list[int], scores: np.ndarray, offsets: list[tuple[int, int]],
+                 special: list[int], strategy: AggregationStrategy) -> list[dict[str, Any]]:
+        """Entities of one text, 'O' dropped, as the token-classification pipeline reports them."""
+        pre = self.gather_pre_entities(text, np.array(ids), scores, offsets, np.array(special), strategy)
+        grouped = self.aggregate(pre, strategy)
+        return [
+            {k: (float(v) if isinstance(v, np.floating) else v) for k, v in e.items()}
+            for e in grouped
+            if e.get("entity", e.get("entity_group")) != "O"
+        ]
+
+
+class TokenClassificationTask(TaskBase):
+    """TorchServe answer: [[token, label], ...] without special tokens. Details: grouped entities."""
+
+    name = TaskName.TOKEN_CLASSIFICATION
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        labels = self.labels or [str(i) for i in range(int(getattr(self.model.config, "num_labels", 2)))]
+        self.labels = labels
+        self._grouper = _EntityGrouper(self.tokenizer, labels)
+        self._strategy = AggregationStrategy(self.handler.aggregation_strategy)
+
+    def parse(self, raw: Any) -> Instance:
+        """A string, or {"text"|"data": ..., "target": [position, label], "details": bool}."""
+        value = self.parse_object(raw)
+        limit = self.config.limits.max_text_chars
+        if isinstance(value, str):
+            return Instance(text=check_text(value, limit), details=self.handler.details)
+        return Instance(
+            text=check_text(text_field(value), limit),
+            target=parse_token_target(value.get("target"), len(self.labels or ())),
+            details=details_flag(value, self.handler.details),
+        )
+
+    def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
+        """Tokenise with character offsets and the special-token mask."""
+        enc = self.tokenizer(
+            [i.text for i in batch], truncation=True, max_length=self.handler.max_length,
+            return_overflowing_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True,
+        )
+        out: list[Encoded] = []
+        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
+            if sample < len(out):
+                out[sample].truncated = True
+                continue
+            features = {k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            meta = {"offsets": enc["offset_mapping"][row], "special": enc["special_tokens_mask"][row]}
+            out.append(Encoded(instance=batch[sample], rows=[features], meta=meta))
+        return out
+
+    def logits(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        """Per-token logits, [batch, longest, labels]."""
+        with torch.inference_mode():
+            return self.model(self.pad([e.rows[0] for e in batch]))[0].float().cpu()
+
+    def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
+        """Token/label pairs per item; entities on request."""
+        probs = softmax(self.logits(batch))
+        results: list[Prediction] = []
+        for enc, p in zip(batch, probs, strict=True):
+            ids = enc.rows[0]["input_ids"]
+            scores = p[: len(ids)].numpy()  # drop the padding rows of this item
+            if not enc.instance.details:
+                tokens = self.tokenizer.convert_ids_to_tokens(ids)
+                best = scores.argmax(-1)
+                results.append([[tokens[i], self.label(int(best[i]))]
+                                for i in range(len(ids)) if not enc.meta["special"][i]])
+                continue
+            entities = self._grouper.entities(enc.instance.text, ids, scores, enc.meta["offsets"],
+                                              enc.meta["special"], self._strategy)
+            results.append({"entities": entities, "truncated": enc.truncated})
+        return results
+
+    def explain(self, instance: Instance) -> Explanation:
+        """Layer Integrated Gradients for a (token position, label) target."""
+        from predictor.explain import explain_token_classification
+
+        return explain_token_classification(self, instance)
+
+    def sample_input(self) -> Any:
+        """Warm-up input."""
+        return "Ada Lovelace worked with Charles Babbage in London."

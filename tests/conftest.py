@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny models per mode, built once per session; offline mode before any import."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+from models import build_encoder, build_gpt2  # noqa: E402
+
+from predictor.handler import GeneralizedHandler  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny model directory per mode."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "sequence_classification": build_encoder(root / "seq", "sequence_classification"),
+        "token_classification": build_encoder(root / "tok", "token_classification", label_format="label_list"),
+        "question_answering": build_encoder(root / "qa", "question_answering", max_length=48, doc_stride=16),
+        "text_generation": build_gpt2(root / "gen"),
+    }
+
+
+@pytest.fixture(scope="session")
+def handlers(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, GeneralizedHandler]:
+    """A loaded handler per mode, shared by the tests that only read from it."""
+    cache = tmp_path_factory.mktemp("cache")
+    loaded = {}
+    for mode, path in model_dirs.items():
+        handler = GeneralizedHandler(path, cache_dir=cache)
+        handler.load()
+        loaded[mode] = handler
+    return loaded

