@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,9 @@ MAX_LENGTH = 128
 LABELS = ("negative", "positive")
 MODEL_NAME = "demo-sentiment"
 METRICS_FILE = "demo-metrics.json"
+# Next to this module rather than via importlib.resources, which fails on namespace packages whose
+# __path__ holds an editable install's path hook.
+DATA_FILE = Path(__file__).with_name("data") / "sentiment.tsv"
 # Bumped when the build changes, so a serve command rebuilds an older demo model instead of reusing it.
 FORMAT_VERSION = 1
 # The metrics file is written last: its presence (with the right format) marks a finished build.
@@ -54,7 +56,7 @@ class Example:
 
 def load_examples() -> list[Example]:
     """Read the labelled sentences shipped in predictor/data/sentiment.tsv."""
-    text = resources.files("predictor").joinpath("data/sentiment.tsv").read_text(encoding="utf-8")
+    text = DATA_FILE.read_text(encoding="utf-8")
     header, *rows = text.splitlines()
     if header != "label\ttext":
         raise ConfigError(f"sentiment.tsv: expected the header 'label<TAB>text', got {header!r}")
@@ -94,19 +96,31 @@ def demo_model_ready(out_dir: Path) -> bool:
 
 
 def build_demo_model(
-    out_dir: Path, *, seconds: float = DEFAULT_SECONDS, seed: int = DEFAULT_SEED, progress: bool | None = None
+    out_dir: Path,
+    *,
+    seconds: float = DEFAULT_SECONDS,
+    seed: int = DEFAULT_SEED,
+    progress: bool | None = None,
+    max_epochs: int = MAX_EPOCHS,
 ) -> Path:
-    """Fine-tune the bundled encoder for at most `seconds` of training and save a servable model to out_dir."""
+    """Fine-tune the bundled encoder for at most `seconds` of training and save a servable model to out_dir.
+
+    Args:
+        progress: a tqdm bar if true, INFO lines every 10% if false; None means "if stderr is a terminal".
+        max_epochs: stop after this many passes even if time is left (a fixed step count, for tests).
+    """
     out_dir = Path(out_dir)
     if not seconds > 0:  # also rejects NaN
         raise ConfigError(f"demo model: seconds must be positive, got {seconds!r}")
+    if type(max_epochs) is not int or max_epochs <= 0:  # True is an int too
+        raise ConfigError(f"demo model: max_epochs must be a positive integer, got {max_epochs!r}")
     _check_target(out_dir)  # before a minute of training, not after
     train, heldout = split_examples(load_examples(), seed)
     torch.manual_seed(seed)  # the new classification head is initialised from this
     model, tokenizer = _load_base()
     logger.info("demo model: fine-tuning all-MiniLM-L6-v2 on %d sentences for at most %g s (seed %d)",
                 len(train), seconds, seed)
-    steps, elapsed = _train(model, tokenizer, train, seconds=seconds, seed=seed,
+    steps, elapsed = _train(model, tokenizer, train, seconds=seconds, seed=seed, max_epochs=max_epochs,
                             progress=sys.stderr.isatty() if progress is None else progress)
     accuracy = _evaluate(model, tokenizer, heldout)
     logger.info("demo model: held-out accuracy %.3f on %d sentences after %d steps in %.1f s",
@@ -154,18 +168,19 @@ def _train(
     *,
     seconds: float,
     seed: int,
+    max_epochs: int,
     progress: bool,
 ) -> tuple[int, float]:
-    """Run AdamW steps until MAX_EPOCHS or the time budget runs out; return (steps, seconds)."""
+    """Run AdamW steps until max_epochs or the time budget runs out; return (steps, seconds)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
-    max_steps = MAX_EPOCHS * math.ceil(len(train) / BATCH_SIZE)
+    max_steps = max_epochs * math.ceil(len(train) / BATCH_SIZE)
     model.train()
     start, steps = time.monotonic(), 0
     meter = _Progress(progress)
     try:
-        for batch in (b for _ in range(MAX_EPOCHS) for b in _batches(train, generator)):
+        for batch in (b for _ in range(max_epochs) for b in _batches(train, generator)):
             elapsed = time.monotonic() - start
             if steps and elapsed + elapsed / steps > seconds:  # the next step would overrun the budget
                 break
@@ -231,11 +246,14 @@ def _save(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it 0700; the server may run as another user
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "model-config.yaml").write_text(yaml.safe_dump(_model_config(), sort_keys=False))
         (staging / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(LABELS)}))
+        # mkdtemp makes 0700 and the weights come out 0600; the server may run as another user.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         _publish(staging, out_dir)
     finally:

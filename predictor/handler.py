@@ -67,7 +67,7 @@ class GeneralizedHandler:
         self.config_path = config_path
         self.requested_version = version
         self.cache_dir = cache_dir or Path(os.environ.get("PREDICTOR_CACHE_DIR")
-                                           or Path(tempfile.gettempdir()) / "predictor")
+                                           or Path(tempfile.gettempdir()) / "predictor-cache")
         self._state: LoadedState | None = None
         self.observer: BatchObserver | None = None
         # Test hook, off in production: called with the batch size before every forward pass.

@@ -156,7 +156,7 @@ class TextGenerationTask(TaskBase):
         text = prompt + continuation  # equals the concatenation of the streamed chunks
         if not enc.instance.details:
             return text
-        return {"generated_text": text, "prompt_tokens": len(enc.rows[0]["input_ids"]),
+        return {"generated_text": text, "continuation": continuation, "prompt_tokens": len(enc.rows[0]["input_ids"]),
                 "generated_tokens": len(new_ids), "finish_reason": finish, "truncated": enc.truncated}
 
     def stream(self, instance: Instance) -> Iterator[str]:

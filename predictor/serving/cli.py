@@ -1,0 +1,172 @@
+"""The command line: the only reader of argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SUBCOMMANDS = ("serve", "demo", "demo-model")
+DEFAULT_MODEL_DIR = "/mnt/models"
+DEFAULT_DEMO_DIR = "demo-model"
+
+_SERVE_EXAMPLES = """examples:
+  predictor --model_name bert --model_dir /mnt/models
+  python -m predictor serve --model_name bert --model_dir ./my-model --http_port 8080 --grpc_port 8081
+  python -m predictor --model_name qa --model_dir ./qa --model_config ./model-config.yaml --model_version 2.0
+
+The model directory holds a save_pretrained folder with tokenizer files and model-config.yaml
+(index_to_name.json optional), a TorchScript file (save_mode: torchscript), or a TorchServe .mar.
+Routes: /v1/models/NAME:predict|:explain, /v2/models/NAME/infer, gRPC v2 on --grpc_port,
+TorchServe's /ping, /predictions/NAME[/VERSION], /explanations/NAME, OPTIONS /, and /metrics.
+"""
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
+                        help="model directory, as KServe's storage initializer leaves it (default: %(default)s)")
+    parser.add_argument("--model_config", default=None,
+                        help="model-config.yaml to use instead of the one in the model directory")
+    parser.add_argument("--model_version", default=None,
+                        help="served version (default: the .mar's, then modelVersion in the config, then 1.0)")
+    parser.add_argument("--load_retry_seconds", type=float, default=60.0,
+                        help="keep retrying a failing model load this long, then exit 1 (default: %(default)s)")
+    parser.add_argument("--grace_period", type=int, default=30,
+                        help="seconds to drain in-flight and queued requests on SIGTERM (default: %(default)s)")
+    parser.add_argument("--intra_op_threads", type=int, default=None,
+                        help="torch threads per forward pass (default: from the container's CPU limit)")
+    parser.add_argument("--log_level", default=os.environ.get("PREDICTOR_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The predictor CLI: serve (the default), demo, demo-model."""
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        prog="predictor", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="KServe predictor for HuggingFace Transformers (TorchServe's generalized handler, "
+                    "served by KServe). Without a subcommand, `serve` is assumed.",
+        epilog=_SERVE_EXAMPLES,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    serve = sub.add_parser("serve", parents=[kserve_parser], help="serve a model (default)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_SERVE_EXAMPLES)
+    _serve_flags(serve)
+    demo = sub.add_parser("demo", parents=[kserve_parser], help="build the demo model if needed and serve it",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="example:\n  python -m predictor demo --http_port 8080\n")
+    _serve_flags(demo)
+    demo.set_defaults(model_dir=DEFAULT_DEMO_DIR, model_name="demo")
+    build = sub.add_parser("demo-model", help="build the demo sentiment classifier (MiniLM, fine-tuned locally)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="example:\n  python -m predictor demo-model ./demo-model --seconds 60\n")
+    build.add_argument("out_dir", type=Path)
+    build.add_argument("--seconds", type=float, default=None, help="training time budget")
+    build.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """One handler on the root logger; every record carries the request id it belongs to."""
+    from predictor.serving.middleware import RequestIdLogFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdLogFilter())
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    kserve_logger = logging.getLogger("kserve")
+    kserve_logger.handlers = [handler]  # kserve configures its own handlers when it finds none
+    kserve_logger.propagate = False
+    kserve_logger.setLevel(level)
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # per-request latency lines
+
+
+def _offline_environment() -> None:
+    # Never reach for the hub: every model and tokenizer loads from local files.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve one model until SIGTERM; exit 1 when the model never loads."""
+    import kserve.model_server
+
+    from predictor import artifacts
+    from predictor.config import TaskName
+    from predictor.errors import ConfigError
+    from predictor.handler import GeneralizedHandler
+    from predictor.serving.cpu import configure_threads
+    from predictor.serving.kserve_model import TransformersModel
+    from predictor.serving.server import PredictorServer, ServeOptions
+
+    if args.workers != 1:
+        logger.error("--workers %d: one model per process; scale with replicas (KServe minReplicas)", args.workers)
+        return 2
+    configure_threads(args.intra_op_threads)
+    model_dir = Path(args.model_dir)
+    config_path = Path(args.model_config) if args.model_config else None
+    cache_dir = Path(os.environ.get("PREDICTOR_CACHE_DIR", "/tmp/predictor-cache"))
+    try:  # a broken config is not transient: fail now, with the key and value named
+        source = artifacts.resolve_model_source(model_dir, config_path, cache_dir)
+        mode = artifacts.load_source_config(source).handler.mode
+    except ConfigError as exc:
+        logger.error("cannot serve %s: %s", model_dir, exc)
+        return 1
+    handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir)
+    generation = mode is TaskName.TEXT_GENERATION
+    model = TransformersModel(args.model_name, handler)
+    options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
+                           grace_period_s=args.grace_period, load_retry_s=args.load_retry_seconds,
+                           max_threads=args.max_threads)
+    return PredictorServer(model, options).run(kserve.model_server.app, generation)
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Build the demo model once, print what to try, then serve it."""
+    from predictor.demo import build_demo_model, demo_model_ready
+
+    out = Path(args.model_dir)
+    if not demo_model_ready(out):
+        logger.info("building the demo model into %s (about a minute, once)", out)
+        build_demo_model(out)
+    base = f"http://localhost:{args.http_port}"
+    logger.info(
+        "once ready, try:\n  curl %s/ping\n  curl %s/predictions/%s -d 'What a wonderful, friendly place.'\n"
+        "  curl %s/v1/models/%s:predict -H 'Content-Type: application/json' "
+        "-d '{\"instances\": [\"The service was slow and rude.\"]}'\n"
+        "  curl %s/v1/models/%s:explain -H 'Content-Type: application/json' "
+        "-d '{\"instances\": [\"I loved this film\"]}'",
+        base, base, args.model_name, base, args.model_name, base, args.model_name)
+    return serve(args)
+
+
+def build_demo(args: argparse.Namespace) -> int:
+    """Build the demo model into a directory."""
+    from predictor.demo import DEFAULT_SECONDS, build_demo_model
+
+    build_demo_model(args.out_dir, seconds=args.seconds or DEFAULT_SECONDS, seed=args.seed)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "demo": demo, "demo-model": build_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `predictor` and `python -m predictor`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
+    _offline_environment()
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", "INFO"))
+    return _COMMANDS[args.command](args)

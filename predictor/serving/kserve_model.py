@@ -1,0 +1,172 @@
+"""TransformersModel: the kserve.Model that serves the generalized handler (v1, v2 REST and gRPC)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import kserve
+from kserve import errors as kserve_errors_module
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from predictor.config import TaskName
+from predictor.errors import (
+    ExplanationUnavailableError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    PredictorError,
+)
+from predictor.handler import GeneralizedHandler
+from predictor.serving import metrics, payloads
+from predictor.serving.batcher import InferenceQueue
+from predictor.tasks import Instance
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def kserve_errors(model_name: str) -> Iterator[None]:
+    """Core errors -> the kserve exceptions kserve's REST and gRPC layers know.
+
+    | core error                  | kserve                      | REST | gRPC             |
+    | InvalidRequestError (400)   | InvalidInput                | 400  | INVALID_ARGUMENT |
+    | ModelNotReadyError          | ModelNotReady               | 503  | UNAVAILABLE      |
+    | ModelNotFoundError          | ModelNotFound               | 404  | NOT_FOUND        |
+    | ExplanationUnavailableError | NotImplementedError         | 501  | UNIMPLEMENTED    |
+    | any other PredictorError    | itself (413, 503 overload, 504, 500, 507 by app handler) | INTERNAL |
+    """
+    try:
+        yield
+    except PayloadTooLargeError:
+        raise
+    except InvalidRequestError as exc:
+        raise kserve_errors_module.InvalidInput(str(exc)) from exc
+    except ModelNotReadyError as exc:
+        raise kserve_errors_module.ModelNotReady(model_name, str(exc)) from exc
+    except ModelNotFoundError as exc:
+        raise kserve_errors_module.ModelNotFound(model_name) from exc
+    except ExplanationUnavailableError as exc:
+        raise NotImplementedError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What preprocess hands to predict/explain: validated instances and the v2 request, if any."""
+
+    instances: list[Instance]
+    v2: InferRequest | None = None
+
+
+class TransformersModel(kserve.Model):
+    """load / preprocess / predict / explain, each delegating to the core; no task logic here."""
+
+    def __init__(self, name: str, handler: GeneralizedHandler) -> None:
+        super().__init__(name)
+        self.handler = handler
+        self.queue: InferenceQueue | None = None
+        self._load_lock = threading.Lock()
+        self.draining = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> bool:
+        """Load and warm up the model; ready only after that. Never runs twice at once."""
+        if not self._load_lock.acquire(blocking=False):
+            raise kserve_errors_module.ModelNotReady(self.name, "the model is still loading")
+        try:
+            if not self.ready:
+                self.handler.load()
+                config = self.handler.config
+                self.queue = InferenceQueue(self.handler, batch_size=config.batch_size,
+                                            capacity=config.job_queue_size, timeout_s=config.response_timeout_s)
+                self.handler.observer = metrics.observe_batch
+                self.ready = True
+                metrics.READY.set(1)
+        finally:
+            self._load_lock.release()
+        return self.ready
+
+    def start(self) -> None:
+        """kserve's default start() marks the model ready; readiness here comes from load() only."""
+
+    async def healthy(self) -> bool:
+        """Ready, not draining, and inference is not wedged."""
+        ok = self.ready and not self.draining and self.queue is not None and not self.queue.wedged
+        metrics.READY.set(1 if ok else 0)
+        return ok
+
+    def drain(self) -> None:
+        """SIGTERM: turn not-ready and refuse new work; queued work is still answered."""
+        self.draining = True
+        if self.queue is not None:
+            self.queue.close()
+
+    def stop(self) -> None:
+        """Release the worker threads."""
+        self.ready = False
+        if self.queue is not None:
+            self.queue.shutdown()
+
+    @property
+    def live_queue(self) -> InferenceQueue:
+        """The inference queue; ModelNotReadyError before the model is loaded."""
+        if self.queue is None or not self.ready:
+            raise ModelNotReadyError(f"model {self.name} is not ready")
+        return self.queue
+
+    # ---- kserve inference ----------------------------------------------------------------------
+    def validate(self, payload: Any) -> Any:
+        """Requests are validated in preprocess by the core."""
+        return payload
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> ParsedRequest:
+        """v1 {"instances"} or a v2 BYTES tensor -> core Instances."""
+        with kserve_errors(self.name):
+            limits = self.handler.config.limits
+            if isinstance(payload, InferRequest):
+                items, details = payloads.v2_items(payload, limits)
+                if details:
+                    items = [payloads.with_details(i) for i in items]
+                return ParsedRequest([self.handler.parse(i) for i in items], v2=payload)
+            items = payloads.v1_items(payload, limits)
+            return ParsedRequest([self.handler.parse(i) for i in items])
+
+    async def predict(self, payload: ParsedRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
+        """One prediction per instance, in order, through the shared batches."""
+        with kserve_errors(self.name):
+            results = await self.live_queue.predict(payload.instances)
+        if payload.v2 is not None:
+            return payloads.v2_response(self.name, self.handler.version, payload.v2.id, results)
+        return {"predictions": results}
+
+    async def explain(self, payload: ParsedRequest, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """One explanation per instance, in TorchServe's shape."""
+        with kserve_errors(self.name):
+            return {"explanations": await self.live_queue.explain(payload.instances)}
+
+    # ---- v2 metadata -----------------------------------------------------------------------------
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """One BYTES tensor of texts (QA: JSON objects {"question", "context"})."""
+        if not self.ready:
+            return []
+        content = "JSON {question, context}" if self.handler.mode is TaskName.QUESTION_ANSWERING else "UTF-8 text"
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1], "parameters": {"content": content}}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """One BYTES tensor: a label/answer/text per input (JSON text when details are asked for)."""
+        if not self.ready:
+            return []
+        described = {
+            TaskName.SEQUENCE_CLASSIFICATION: "label",
+            TaskName.TOKEN_CLASSIFICATION: "JSON [[token, label], ...]",
+            TaskName.QUESTION_ANSWERING: "answer text",
+            TaskName.TEXT_GENERATION: "generated text",
+        }[self.handler.mode]
+        return [{"name": payloads.V2_OUTPUT, "datatype": "BYTES", "shape": [-1],
+                 "parameters": {"content": described}}]

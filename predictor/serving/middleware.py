@@ -1,0 +1,100 @@
+"""ASGI middleware for every route: request ids, the body-size limit, request metrics."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from predictor.errors import PayloadTooLargeError
+from predictor.serving import metrics
+
+REQUEST_ID_HEADER = b"x-request-id"
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds `request_id` to every log record (the id of the request being served, or '-')."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Attach the current request id."""
+        record.request_id = request_id_var.get()
+        return True
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class RequestContextMiddleware:
+    """Honours or creates X-Request-Id, returns it, caps the body size, counts requests."""
+
+    def __init__(self, app: Any, max_body_bytes: Callable[[], int]) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        limit = self.max_body_bytes()
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+        declared = headers.get(b"content-length", b"")
+        try:
+            if declared.isdigit() and int(declared) > limit:
+                await self._too_large(send, request_id, int(declared), limit)
+                status_holder["status"] = 413
+                return
+            await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder))
+        finally:
+            route = _route_label(scope)
+            metrics.REQUESTS.labels(route=route, status=str(status_holder["status"])).inc()
+            metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
+        received = 0
+
+        async def wrapped() -> Any:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+            return message
+
+        return wrapped
+
+    @staticmethod
+    def _tagged(send: Send, request_id: str, status_holder: dict[str, int]) -> Send:
+        async def wrapped(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != REQUEST_ID_HEADER]
+                message["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+            await send(message)
+
+        return wrapped
+
+    @staticmethod
+    async def _too_large(send: Send, request_id: str, size: int, limit: int) -> None:
+        body = (b'{"error": "request body of %d bytes exceeds the limit of %d bytes"}' % (size, limit))
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID_HEADER, request_id.encode("latin-1")), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,152 @@
+"""kserve's ModelServer, extended: truthful readiness, background loading, TorchServe routes, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from kserve import ModelServer
+from kserve import errors as kserve_errors
+from kserve.protocol.dataplane import DataPlane
+
+from predictor.config import Limits
+from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.serving.kserve_model import TransformersModel
+from predictor.serving.middleware import RequestContextMiddleware
+from predictor.serving.openai import register_openai_routes
+from predictor.serving.openapi import openapi_document
+from predictor.serving.torchserve import RETRY_AFTER_S, register_torchserve_routes
+
+logger = logging.getLogger(__name__)
+
+
+class PredictorDataPlane(DataPlane):
+    """kserve's DataPlane, but the server is ready only when its models are, and never loads inline."""
+
+    async def ready(self) -> bool:
+        """/v2/health/ready and gRPC ServerReady: every model loaded, warm and not wedged."""
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all([await m.healthy() for m in models])
+
+    async def get_model(self, name: str) -> Any:
+        """kserve would call model.load() on the event loop here; we answer 503 until the loader is done."""
+        model = self.model_registry.get_model(name)
+        if model is None:
+            raise kserve_errors.ModelNotFound(name)
+        if not await self.model_registry.is_model_ready(name):
+            raise kserve_errors.ModelNotReady(name)
+        return model
+
+
+async def predictor_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """KServe routes: our errors that kserve has no exception for (413, 503 overload, 504, 507...)."""
+    status = getattr(exc, "status", HTTPStatus.INTERNAL_SERVER_ERROR)
+    if status >= 500 and status != HTTPStatus.SERVICE_UNAVAILABLE:
+        logger.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
+    else:
+        logger.info("%s: %s", type(exc).__name__, exc)
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (OverloadedError, ModelNotReadyError)) else None
+    return JSONResponse({"error": str(exc)}, status_code=int(status), headers=headers)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server listens and behaves around the model's lifecycle."""
+
+    http_port: int = 8080
+    grpc_port: int = 8081
+    enable_grpc: bool = True
+    grace_period_s: int = 30
+    load_retry_s: float = 60.0
+    max_threads: int = 4
+
+
+class PredictorServer:
+    """One model, served on KServe's REST (v1, v2, TorchServe routes) and gRPC ports."""
+
+    def __init__(self, model: TransformersModel, options: ServeOptions) -> None:
+        self.model = model
+        self.options = options
+        self.exit_code = 0
+        self.server = ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
+                                  enable_grpc=options.enable_grpc, grace_period=options.grace_period_s,
+                                  max_threads=options.max_threads, enable_docs_url=False)
+        self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
+        self.server.register_model(model)
+        self._loader: threading.Thread | None = None
+
+    def configure(self, app: FastAPI, generation: bool) -> None:
+        """Our middleware, error handler and TorchServe routes, added before kserve adds its routes."""
+        app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes)
+        app.add_exception_handler(PredictorError, predictor_error_handler)
+        document = openapi_document(generation)
+        models = self.server.registered_models.get_models()
+        register_torchserve_routes(app, models, lambda: document)
+        if generation:
+            register_openai_routes(app, models)
+        previous = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(inner: Any) -> AsyncIterator[Any]:
+            async with previous(inner) as state:
+                await self._on_startup()
+                yield state
+
+        app.router.lifespan_context = lifespan
+
+    def _max_body_bytes(self) -> int:
+        return self.model.handler.config.limits.max_body_bytes if self.model.ready else Limits.max_body_bytes
+
+    async def _on_startup(self) -> None:
+        self._loader = threading.Thread(target=self._load, name="predictor-loader", daemon=True)
+        self._loader.start()
+        asyncio.get_running_loop().create_task(self._drain_on_exit(), name="predictor-drain-watch")
+
+    def _load(self) -> None:
+        """Load in the background so probes answer (not ready) meanwhile; retry, then exit non-zero."""
+        deadline = time.monotonic() + self.options.load_retry_s
+        delay = 1.0
+        while True:
+            try:
+                self.model.load()
+                logger.info("model %s ready", self.model.name)
+                return
+            except ConfigError as exc:
+                logger.error("model %s failed to load: %s", self.model.name, exc)
+            except Exception:
+                logger.exception("model %s failed to load", self.model.name)
+            if time.monotonic() + delay > deadline:
+                logger.error("giving up loading model %s after %.0fs; exiting so the pod restarts",
+                             self.model.name, self.options.load_retry_s)
+                self.exit_code = 1
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _drain_on_exit(self) -> None:
+        """When uvicorn starts its graceful shutdown (SIGTERM), turn not-ready and refuse new work."""
+        rest = self.server._rest_server
+        uvicorn_server = getattr(rest, "_server", None)
+        while uvicorn_server is not None and not uvicorn_server.should_exit:
+            await asyncio.sleep(0.05)
+        logger.info("shutting down: draining in-flight and queued requests (grace period %ss)",
+                    self.options.grace_period_s)
+        self.model.drain()
+
+    def run(self, app: FastAPI, generation: bool) -> int:
+        """Serve until SIGTERM/SIGINT; the exit code says whether the model ever loaded."""
+        self.configure(app, generation)
+        self.server.start([])  # the model is registered but loads in the background
+        return self.exit_code

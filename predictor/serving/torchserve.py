@@ -1,0 +1,198 @@
+"""TorchServe's inference API on the KServe port: /ping, /predictions, /explanations, OPTIONS /."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from predictor.config import TaskName
+from predictor.errors import (
+    ExplanationUnavailableError,
+    InferenceError,
+    InferenceTimeoutError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    OutOfResourcesError,
+    OverloadedError,
+    PayloadTooLargeError,
+    PredictorError,
+)
+from predictor.serving import payloads
+from predictor.serving.kserve_model import TransformersModel
+
+logger = logging.getLogger(__name__)
+
+DETAILS_HEADER = "x-predictor-details"
+RETRY_AFTER_S = "1"
+
+# Our error -> (status, TorchServe exception type). TorchServe answers 503 "Prediction failed" for
+# bad input too; here bad input is a 400 that says what is wrong.
+_TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str]] = [
+    (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeException"),
+    (InvalidRequestError, HTTPStatus.BAD_REQUEST, "BadRequestException"),
+    (ModelNotFoundError, HTTPStatus.NOT_FOUND, "ModelNotFoundException"),
+    (ModelNotReadyError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
+    (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
+    (ExplanationUnavailableError, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedException"),
+    (InferenceTimeoutError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"),
+    (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException"),
+    (InferenceError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
+]
+
+
+class ModelVersionNotFoundError(ModelNotFoundError):
+    """The model exists but not in the requested version."""
+
+
+def torchserve_error(exc: PredictorError) -> JSONResponse:
+    """TorchServe's error body {"code", "type", "message"} for one of our errors."""
+    status, kind = HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"
+    if isinstance(exc, ModelVersionNotFoundError):
+        status, kind = HTTPStatus.NOT_FOUND, "ModelVersionNotFoundException"
+    else:
+        for cls, cls_status, cls_kind in _TORCHSERVE_ERRORS:
+            if isinstance(exc, cls):
+                status, kind = cls_status, cls_kind
+                break
+    if status >= 500:
+        logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
+    else:
+        logger.info("%s: %s", kind, exc)
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (OverloadedError, ModelNotReadyError)) else None
+    return JSONResponse({"code": int(status), "type": kind, "message": str(exc)}, status_code=status, headers=headers)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+class TorchServeRoutes:
+    """The route handlers over the served models (kserve's registry, by name)."""
+
+    def __init__(self, models: Mapping[str, TransformersModel], openapi: Callable[[], dict[str, Any]]):
+        self.models = models
+        self.openapi = openapi
+
+    def model(self, name: str, version: str | None) -> TransformersModel:
+        """The named model, ready, in the requested version."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"Model not found: {name}")
+        if not model.ready:
+            raise ModelNotReadyError(f"Model {name} is not ready yet (loading)")
+        if version is not None and version != model.handler.version:
+            raise ModelVersionNotFoundError(f"Model version {version} not found for model {name} "
+                                            f"(serving {model.handler.version})")
+        return model
+
+    async def ping(self) -> JSONResponse:
+        """200 Healthy once every model is ready (and not wedged), else 500 Unhealthy."""
+        healthy = await self.all_healthy()
+        status = HTTPStatus.OK if healthy else HTTPStatus.INTERNAL_SERVER_ERROR
+        return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"}, status_code=status)
+
+    async def all_healthy(self) -> bool:
+        """Readiness of the whole server: what /ping, /v2/health/ready and gRPC ServerReady report."""
+        return bool(self.models) and all([await m.healthy() for m in self.models.values()])
+
+    async def items(self, request: Request, model: TransformersModel) -> list[Any]:
+        """Request -> raw items: the body, or each multipart `data` part."""
+        limits = model.handler.config.limits
+        content_type = request.headers.get("content-type", "")
+        parts = None
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            fields = form.getlist("data") or [v for _, v in form.multi_items()]
+            parts = [await f.read() if hasattr(f, "read") else f for f in fields]
+            if not parts:
+                raise InvalidRequestError("multipart request without a `data` field")
+        body = b"" if parts is not None else await request.body()
+        items = payloads.torchserve_items(body, parts, limits)
+        if _truthy(request.headers.get(DETAILS_HEADER)):
+            items = [payloads.with_details(i) for i in items]
+        return items
+
+    async def predictions(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
+        """POST /predictions/{name}[/{version}]: a string answer is the raw body, anything else JSON."""
+        try:
+            model = self.model(model_name, model_version)
+            items = await self.items(request, model)
+            instances = [model.handler.parse(i) for i in items]
+            if self.wants_stream(request, model, len(instances)):
+                return await self.streamed(model, instances[0])
+            results = await model.live_queue.predict(instances)
+        except PredictorError as exc:
+            return torchserve_error(exc)
+        return self.answer(results[0] if len(results) == 1 else results)
+
+    async def explanations(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
+        """POST /explanations/{name}[/{version}]: one explanation object per input."""
+        try:
+            model = self.model(model_name, model_version)
+            items = await self.items(request, model)
+            instances = [model.handler.parse(i) for i in items]
+            results = await model.live_queue.explain(instances)
+        except PredictorError as exc:
+            return torchserve_error(exc)
+        return self.answer(results[0] if len(results) == 1 else results)
+
+    @staticmethod
+    def wants_stream(request: Request, model: TransformersModel, count: int) -> bool:
+        """Streaming: text generation, one input, asked by `?stream=true` or `handler.stream`."""
+        if model.handler.mode is not TaskName.TEXT_GENERATION:
+            if _truthy(request.query_params.get("stream")):
+                raise InvalidRequestError(f"streaming is only for text_generation; this model is "
+                                          f"{model.handler.mode.value}")
+            return False
+        asked = request.query_params.get("stream")
+        wanted = _truthy(asked) if asked is not None else model.handler.config.handler.stream
+        if wanted and count != 1:
+            raise InvalidRequestError(f"streaming answers one input; got {count}")
+        return wanted
+
+    @staticmethod
+    async def streamed(model: TransformersModel, instance: Any) -> Response:
+        """Chunked raw UTF-8 text; the first chunk is awaited here so errors still get a status code."""
+        chunks = model.live_queue.stream(instance)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = ""
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first.encode("utf-8")
+            async for chunk in chunks:
+                yield chunk.encode("utf-8")
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    @staticmethod
+    def answer(result: Any) -> Response:
+        """As TorchServe's frontend writes it: str -> raw UTF-8 body, anything else JSON."""
+        if isinstance(result, str):
+            return PlainTextResponse(result)
+        return Response(json.dumps(result, ensure_ascii=False), media_type="application/json")
+
+    async def api_description(self) -> JSONResponse:
+        """The OpenAPI 3.0 document of every route of this server."""
+        return JSONResponse(self.openapi())
+
+
+def register_torchserve_routes(app: FastAPI, models: Mapping[str, TransformersModel],
+                               openapi: Callable[[], dict[str, Any]]) -> TorchServeRoutes:
+    """Add TorchServe's routes to the app KServe serves (before kserve adds its own)."""
+    routes = TorchServeRoutes(models, openapi)
+    app.add_api_route("/ping", routes.ping, methods=["GET"], tags=["TorchServe"])
+    for prefix, endpoint in (("/predictions", routes.predictions), ("/explanations", routes.explanations)):
+        app.add_api_route(prefix + "/{model_name}", endpoint, methods=["POST"], tags=["TorchServe"])
+        app.add_api_route(prefix + "/{model_name}/{model_version}", endpoint, methods=["POST"], tags=["TorchServe"])
+    app.add_api_route("/", routes.api_description, methods=["OPTIONS"], tags=["TorchServe"])
+    app.add_api_route("/api-description", routes.api_description, methods=["GET"], tags=["TorchServe"])
+    return routes
