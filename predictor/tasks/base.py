@@ -41,6 +41,7 @@ class Instance:
     target: Any = None
     details: bool = False
     generation: GenerationParams | None = None
+    n_steps: int | None = None  # Integrated Gradients steps asked for by an explanation request
 
 
 @dataclass
@@ -128,6 +129,16 @@ def details_flag(raw: Mapping[str, Any], default: bool) -> bool:
     value = raw.get("details", default)
     if not isinstance(value, bool):
         raise InvalidRequestError(f"field 'details': expected true or false, got {value!r}")
+    return value
+
+
+def n_steps_field(raw: Mapping[str, Any], limit: int) -> int | None:
+    """An explanation request's `n_steps`, bounded by handler.max_explain_steps."""
+    value = raw.get("n_steps")
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= limit:
+        raise InvalidRequestError(f"field 'n_steps': expected an integer in [1, {limit}], got {value!r}")
     return value
 
 

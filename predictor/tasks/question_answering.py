@@ -14,6 +14,7 @@ import torch
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError
+from predictor.tasks.targets import parse_span_target
 from predictor.tasks.base import (
     Encoded,
     Explanation,
@@ -22,7 +23,7 @@ from predictor.tasks.base import (
     TaskBase,
     check_text,
     details_flag,
-    int_target,
+    n_steps_field,
 )
 
 _MIN_CONTEXT_TOKENS = 16
@@ -62,8 +63,9 @@ class QuestionAnsweringTask(TaskBase):
         if q_tokens > budget:
             raise InvalidRequestError(f"question has {q_tokens} tokens; at most {budget} fit with "
                                       f"handler.max_length {self.handler.max_length}")
-        return Instance(text=question, context=context, target=int_target(value.get("target"), 2),
-                        details=details_flag(value, self.handler.details))
+        return Instance(text=question, context=context, target=parse_span_target(value.get("target")),
+                        details=details_flag(value, self.handler.details),
+                        n_steps=n_steps_field(value, self.handler.max_explain_steps))
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
         """Windows over the context; each instance alone, so its windows never depend on its batch."""

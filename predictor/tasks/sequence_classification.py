@@ -16,6 +16,7 @@ from predictor.tasks.base import (
     TaskBase,
     check_text,
     details_flag,
+    n_steps_field,
     int_target,
     softmax,
     text_field,
@@ -44,6 +45,7 @@ class SequenceClassificationTask(TaskBase):
             text=check_text(text_field(value), limit),
             target=int_target(value.get("target"), self.num_classes),
             details=details_flag(value, self.handler.details),
+            n_steps=n_steps_field(value, self.handler.max_explain_steps),
         )
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:

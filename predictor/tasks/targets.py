@@ -35,3 +35,23 @@ def parse_token_target(target: Any, num_labels: int) -> tuple[int, int] | None:
     if num_labels and label >= num_labels:
         raise InvalidRequestError(f"field 'target': label {label} is not a class index 0..{num_labels - 1}")
     return position, label
+
+
+def parse_span_target(target: Any) -> tuple[int, int] | None:
+    """A question-answering target: the answer's [start, end] token positions (default: the predicted span)."""
+    if target is None:
+        return None
+    span = parse_token_target(target, 0)
+    if span is None or span[1] < span[0]:
+        raise InvalidRequestError(f"field 'target': expected [start, end] token positions with end >= start, "
+                                  f"got {target!r}")
+    return span
+
+
+def parse_text_target(target: Any) -> str | None:
+    """A text-generation target: the continuation to attribute (default: the greedy continuation)."""
+    if target is None:
+        return None
+    if not isinstance(target, str) or not target:
+        raise InvalidRequestError(f"field 'target': expected the continuation text, got {target!r}")
+    return target

@@ -11,6 +11,7 @@ import torch
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError
+from predictor.tasks.targets import parse_text_target
 from predictor.tasks.base import (
     Encoded,
     Explanation,
@@ -21,6 +22,7 @@ from predictor.tasks.base import (
     check_text,
     details_flag,
     finite_number,
+    n_steps_field,
     text_field,
 )
 
@@ -51,7 +53,8 @@ class TextGenerationTask(TaskBase):
             text=check_text(text_field(value), limit, "prompt"),
             details=details_flag(value, self.handler.details),
             generation=self.parse_params(params),
-            target=value.get("target"),
+            target=parse_text_target(value.get("target")),
+            n_steps=n_steps_field(value, self.handler.max_explain_steps),
         )
 
     def parse_params(self, raw: Mapping[str, Any]) -> GenerationParams:

@@ -19,6 +19,7 @@ from predictor.tasks.base import (
     TaskBase,
     check_text,
     details_flag,
+    n_steps_field,
     softmax,
     text_field,
 )
@@ -70,6 +71,7 @@ class TokenClassificationTask(TaskBase):
             text=check_text(text_field(value), limit),
             target=parse_token_target(value.get("target"), len(self.labels or ())),
             details=details_flag(value, self.handler.details),
+            n_steps=n_steps_field(value, self.handler.max_explain_steps),
         )
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
