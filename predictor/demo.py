@@ -64,7 +64,8 @@ def load_examples() -> list[Example]:
     for number, row in enumerate(rows, start=2):
         label, _, sentence = row.partition("\t")
         if label not in LABELS or not sentence.strip():
-            raise ConfigError(f"sentiment.tsv line {number}: expected 'negative|positive<TAB>text', got {row!r}")
+            raise ConfigError(f"sentiment.tsv line {number}: expected 'negative|positive<TAB>text', "
+                              f"got {row!r}")
         examples.append(Example(sentence.strip(), LABELS.index(label)))
     return examples
 
@@ -125,9 +126,10 @@ def build_demo_model(
     accuracy = _evaluate(model, tokenizer, heldout)
     logger.info("demo model: held-out accuracy %.3f on %d sentences after %d steps in %.1f s",
                 accuracy, len(heldout), steps, elapsed)
-    metrics = {"format": FORMAT_VERSION, "heldout_accuracy": accuracy, "heldout_examples": len(heldout),
-               "train_examples": len(train), "steps": steps, "epochs": steps * BATCH_SIZE / len(train),
-               "seconds": round(elapsed, 2), "seed": seed}  # fmt: skip
+    metrics = {"format": FORMAT_VERSION, "heldout_accuracy": round(accuracy, 4),
+               "heldout_examples": len(heldout), "train_examples": len(train), "steps": steps,
+               "epochs": round(steps / math.ceil(len(train) / BATCH_SIZE), 2), "seconds": round(elapsed, 2),
+               "seed": seed}  # fmt: skip
     _save(model, tokenizer, metrics, out_dir)
     logger.info("demo model: saved to %s", out_dir)
     return out_dir
@@ -151,8 +153,10 @@ def _load_base() -> tuple[BertForSequenceClassification, PreTrainedTokenizerBase
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, batch: Sequence[Example]) -> BatchEncoding:
-    return tokenizer([e.text for e in batch], padding=True, truncation=True, max_length=MAX_LENGTH,
-                     return_tensors="pt")  # fmt: skip
+    texts = [e.text for e in batch]
+    encoded: BatchEncoding = tokenizer(texts, padding=True, truncation=True, max_length=MAX_LENGTH,
+                                       return_tensors="pt")  # fmt: skip
+    return encoded
 
 
 def _batches(examples: Sequence[Example], generator: torch.Generator) -> Iterator[list[Example]]:
@@ -177,12 +181,12 @@ def _train(
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS))
     max_steps = max_epochs * math.ceil(len(train) / BATCH_SIZE)
     model.train()
-    start, steps = time.monotonic(), 0
+    start, steps, last_step = time.monotonic(), 0, 0.0
     meter = _Progress(progress)
     try:
         for batch in (b for _ in range(max_epochs) for b in _batches(train, generator)):
-            elapsed = time.monotonic() - start
-            if steps and elapsed + elapsed / steps > seconds:  # the next step would overrun the budget
+            step_start = time.monotonic()
+            if step_start - start + last_step > seconds:  # the next step would likely overrun the budget
                 break
             loss = model(**_encode(tokenizer, batch), labels=torch.tensor([e.label for e in batch])).loss
             loss.backward()
@@ -191,10 +195,11 @@ def _train(
             warmup.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+            last_step = time.monotonic() - step_start  # not the mean: the first step is several times slower
             meter.update(max(steps / max_steps, (time.monotonic() - start) / seconds), steps, loss.item())
     finally:
         meter.close()
-    model.eval()
+    model.train(False)  # eval mode: no dropout in the held-out score
     return steps, time.monotonic() - start
 
 
@@ -273,7 +278,8 @@ def _check_target(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"demo model: {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not demo_model_ready(out_dir):
-        raise ConfigError(f"demo model: {out_dir} is not empty and holds no finished demo model; not overwriting it")
+        raise ConfigError(f"demo model: {out_dir} is not empty and holds no finished demo model; "
+                          "not overwriting it")
 
 
 def _publish(staging: Path, out_dir: Path) -> None:

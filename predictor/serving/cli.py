@@ -123,6 +123,10 @@ def serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
     handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir)
+    if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
+        from predictor.serving.faults import fault_hook
+
+        handler.fault_hook = fault_hook(fault)
     generation = mode is TaskName.TEXT_GENERATION
     model = TransformersModel(args.model_name, handler)
     options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,

@@ -44,18 +44,39 @@ class TextGenerationTask(TaskBase):
         value = self.parse_object(raw)
         limit = self.config.limits.max_text_chars
         if isinstance(value, str):
-            return Instance(text=check_text(value, limit, "prompt"), details=self.handler.details,
-                            generation=self.default_params())
+            value = {"text": value}
         params = value.get("parameters", {})
         if not isinstance(params, Mapping):
             raise InvalidRequestError(f"field 'parameters': expected an object, got {type(params).__name__}")
-        return Instance(
+        instance = Instance(
             text=check_text(text_field(value), limit, "prompt"),
             details=details_flag(value, self.handler.details),
             generation=self.parse_params(params),
             target=parse_text_target(value.get("target")),
             n_steps=n_steps_field(value, self.handler.max_explain_steps),
         )
+        self.check_context(instance)
+        return instance
+
+    @property
+    def context_size(self) -> int | None:
+        """How many positions the model can attend to (None when its config does not say)."""
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(getattr(config, key, None), int):
+                return int(getattr(config, key))
+        return None
+
+    def check_context(self, instance: Instance) -> None:
+        """Prompt (after truncation to max_length) plus max_new_tokens must fit the model's context."""
+        context = self.context_size
+        if context is None or instance.generation is None:
+            return
+        prompt = min(len(self.tokenizer(instance.text)["input_ids"]), self.handler.max_length)
+        if prompt + instance.generation.max_new_tokens > context:
+            raise InvalidRequestError(f"prompt ({prompt} tokens) + max_new_tokens "
+                                      f"({instance.generation.max_new_tokens}) exceed the model's context of "
+                                      f"{context} tokens")
 
     def parse_params(self, raw: Mapping[str, Any]) -> GenerationParams:
         """Validate per-request generation parameters against the server caps."""

@@ -1,0 +1,28 @@
+# Development entry points. `make serve` and `make test` are the README's two commands.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel (stored on this project's machines) so pip never pulls a multi-GB CUDA build;
+# the container installs the CUDA wheel instead (see Dockerfile).
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: install serve test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,demo]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(PY) -m predictor demo --model_name demo --http_port $(PORT)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) demo-model .pytest_cache
