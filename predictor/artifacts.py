@@ -17,12 +17,13 @@ import torch
 from predictor.config import Backend, ModelConfig, SaveMode, TaskName, load_model_config
 from predictor.devices import DevicePlan, attention_implementation
 from predictor.errors import ConfigError
+from predictor.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_FILE = "model-config.yaml"
 LABELS_FILE = "index_to_name.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")  # fmt: skip
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript", ".ts")
 
@@ -38,7 +39,7 @@ class ModelSource:
     archive: Path | None = None
 
 
-def _listing(path: Path) -> str:
+def listing(path: Path) -> str:
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     return ", ".join(names[:30]) or "nothing"
 
@@ -52,7 +53,9 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     try:
-        with zipfile.ZipFile(archive) as zf:
+        with zipfile.ZipFile(archive) as zf, Progress(
+            sum(m.file_size for m in zf.infolist()), f"unpacking {archive.name}", unit="B"
+        ) as progress:
             members = zf.infolist()
             logger.info("unpacking %s (%d files) into %s", archive.name, len(members), target)
             for member in members:
@@ -60,6 +63,7 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
                 if not dest.is_relative_to(partial.resolve()):
                     raise ConfigError(f"{archive}: member {member.filename!r} escapes the archive")
                 zf.extract(member, partial)
+                progress.update(member.file_size)
     except zipfile.BadZipFile as exc:
         raise ConfigError(f"{archive}: not a valid .mar (zip) archive: {exc}") from exc
     (partial / ".complete").touch()
@@ -105,7 +109,7 @@ def load_source_config(source: ModelSource) -> ModelConfig:
     """The model's config: --model_config, else model-config.yaml in the model dir or the .mar."""
     if source.config_path is None:
         raise ConfigError(
-            f"no {MODEL_CONFIG_FILE} in {source.path} (found: {_listing(source.path)}); "
+            f"no {MODEL_CONFIG_FILE} in {source.path} (found: {listing(source.path)}); "
             "pass --model_config or add the file next to the model"
         )
     return load_model_config(source.config_path)
@@ -147,25 +151,25 @@ def load_labels(model_dir: Path, id2label: Mapping[int, str] | None) -> list[str
     return None
 
 
-def _has_tokenizer(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in _TOKENIZER_FILES)
+def has_tokenizer(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in TOKENIZER_FILES)
 
 
 def tokenizer_source(model_dir: Path, model_name: str | None) -> Path:
     """The folder the tokenizer loads from: the model dir, else handler.model_name when it is a local folder."""
-    if _has_tokenizer(model_dir):
+    if has_tokenizer(model_dir):
         return model_dir
     looked = [str(model_dir)]
     if model_name:
         candidate = Path(model_name).expanduser()
         if not candidate.is_absolute():
             candidate = model_dir / candidate  # relative to the model, never to the working directory
-        if _has_tokenizer(candidate):
+        if has_tokenizer(candidate):
             return candidate
         looked.append(str(candidate))
     raise ConfigError(
-        "no tokenizer files (" + ", ".join(_TOKENIZER_FILES[:4]) + "...) found; looked in "
-        + " and ".join(looked) + f" (model dir holds: {_listing(model_dir)}). Save the tokenizer next to the "
+        "no tokenizer files (" + ", ".join(TOKENIZER_FILES[:4]) + "...) found; looked in "
+        + " and ".join(looked) + f" (model dir holds: {listing(model_dir)}). Save the tokenizer next to the "
         "model (tokenizer.save_pretrained) or set handler.model_name to a local tokenizer folder"
     )
 
@@ -232,7 +236,7 @@ def _check_weights(path: Path) -> None:
         logger.warning("loading pickle-based weights %s from %s; prefer safetensors "
                        "(model.save_pretrained(..., safe_serialization=True))", pickled, path)
         return
-    raise ConfigError(f"no model weights (*.safetensors, *.bin) in {path} (found: {_listing(path)})")
+    raise ConfigError(f"no model weights (*.safetensors, *.bin) in {path} (found: {listing(path)})")
 
 
 def load_pretrained(source: ModelSource, config: ModelConfig, plan: DevicePlan) -> ModelRunner:
@@ -240,7 +244,7 @@ def load_pretrained(source: ModelSource, config: ModelConfig, plan: DevicePlan) 
     import transformers
 
     if not (source.path / "config.json").exists():
-        raise ConfigError(f"save_mode pretrained needs config.json in {source.path} (found: {_listing(source.path)})")
+        raise ConfigError(f"save_mode pretrained needs config.json in {source.path} (found: {listing(source.path)})")
     _check_weights(source.path)
     handler = config.handler
     auto_class = getattr(transformers, _AUTO_CLASSES[handler.mode])
@@ -271,12 +275,12 @@ def torchscript_file(source: ModelSource, serialized_file: str | None) -> Path:
             raise ConfigError(f"handler.serialized_file: {name!r} is outside the model directory")
         if not path.is_file():
             raise ConfigError(f"handler.serialized_file: {name!r} not found in {source.path} "
-                              f"(found: {_listing(source.path)})")
+                              f"(found: {listing(source.path)})")
         return path
     candidates = [p for p in sorted(source.path.iterdir()) if p.suffix in _TORCHSCRIPT_SUFFIXES]
     if len(candidates) != 1:
         raise ConfigError(f"save_mode torchscript: expected one {'/'.join(_TORCHSCRIPT_SUFFIXES)} file in "
-                          f"{source.path} or handler.serialized_file, found: {_listing(source.path)}")
+                          f"{source.path} or handler.serialized_file, found: {listing(source.path)}")
     return candidates[0]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMANDS = ("serve", "demo", "demo-model")
+SUBCOMMANDS = ("serve", "demo", "demo-model", "import-mar")
 DEFAULT_MODEL_DIR = "/mnt/models"
 DEFAULT_DEMO_DIR = "demo-model"
 
@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("out_dir", type=Path)
     build.add_argument("--seconds", type=float, default=None, help="training time budget")
     build.add_argument("--seed", type=int, default=0)
+    mar = sub.add_parser(
+        "import-mar", help="turn a TorchServe .mar into a KServe model folder + inferenceservice.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m predictor import-mar bert_seq.mar ./bert-seq\n"
+               "  python -m predictor import-mar bert_seq.mar ./bert-seq --tokenizer ./bert-tokenizer "
+               "--storage_uri s3://models/bert-seq\n",
+    )
+    mar.add_argument("archive", type=Path, help="the .mar file (built for the generalized Transformers handler)")
+    mar.add_argument("out_dir", type=Path, help="new folder for the model (upload it to your storage)")
+    mar.add_argument("--tokenizer", type=Path, default=None,
+                     help="local tokenizer folder, for archives that ship none (TorchServe fetched it from the hub)")
+    mar.add_argument("--storage_uri", default=None, help="storageUri for the InferenceService (default: a placeholder)")
+    mar.add_argument("--name", default=None, help="InferenceService name (default: the archive's model name)")
     return parser
 
 
@@ -162,7 +175,24 @@ def build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve, "demo": demo, "demo-model": build_demo}
+def import_mar(args: argparse.Namespace) -> int:
+    """Convert a .mar; a clear message and exit 1 when something is missing."""
+    from predictor.errors import ConfigError
+    from predictor.mar import import_mar as convert
+
+    try:
+        result = convert(args.archive, args.out_dir, tokenizer=args.tokenizer, storage_uri=args.storage_uri,
+                         name=args.name)
+    except ConfigError as exc:
+        logger.error("import-mar: %s", exc)
+        return 1
+    logger.info("model folder: %s\ninferenceservice: %s", result.model_dir, result.inference_service)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": serve, "demo": demo, "demo-model": build_demo, "import-mar": import_mar,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
