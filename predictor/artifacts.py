@@ -304,8 +304,28 @@ def load_torchscript(source: ModelSource, config: ModelConfig, plan: DevicePlan)
     return ModelRunner(module, torchscript=True, device=plan.device, config=hf_config)
 
 
-def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePlan) -> ModelRunner:
-    """int8 dynamic quantisation (CPU) and torch.compile, as configured; fall back with a log line."""
+def _onnx(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource, cache_dir: Path) -> Any:
+    if plan.is_cuda or runner.torchscript or config.handler.mode is TaskName.TEXT_GENERATION:
+        logger.info("backend onnx applies to eager encoder models on CPU; running eager")
+        return runner
+    from predictor.onnx_backend import load_onnx
+
+    try:
+        onnx_runner = load_onnx(runner, source.path, cache_dir)
+    except ConfigError:
+        raise
+    except Exception as exc:  # exporter limits vary by architecture: serve eager rather than not at all
+        logger.warning("backend onnx unavailable for this model (%s: %s); running eager", type(exc).__name__, exc)
+        return runner
+    logger.info("backend onnx: ONNX Runtime on CPU")
+    return onnx_runner
+
+
+def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource,
+                        cache_dir: Path) -> Any:
+    """ONNX Runtime, int8 dynamic quantisation (CPU) or torch.compile, as configured; fall back with a log line."""
+    if config.handler.backend is Backend.ONNX:
+        return _onnx(runner, config, plan, source, cache_dir)
     if config.handler.backend is Backend.INT8:
         if plan.is_cuda or runner.torchscript:
             logger.info("backend int8 applies to eager models on CPU; running unquantised")
@@ -324,7 +344,7 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
     return runner
 
 
-def load_model(source: ModelSource, config: ModelConfig, plan: DevicePlan) -> ModelRunner:
+def load_model(source: ModelSource, config: ModelConfig, plan: DevicePlan, cache_dir: Path) -> Any:
     """Load the model as save_mode says and apply the configured optimisations."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -332,7 +352,7 @@ def load_model(source: ModelSource, config: ModelConfig, plan: DevicePlan) -> Mo
         runner = load_torchscript(source, config, plan)
     else:
         runner = load_pretrained(source, config, plan)
-    return apply_optimizations(runner, config, plan)
+    return apply_optimizations(runner, config, plan, source, cache_dir)
 
 
 def check_label_count(labels: Sequence[str] | None, num_outputs: int | None, where: str) -> None:
