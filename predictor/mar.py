@@ -55,6 +55,8 @@ def inference_service(name: str, storage_uri: str | None) -> dict[str, Any]:
         "metadata": {"name": name, "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
         "spec": {"predictor": {
             "minReplicas": 1,
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "model": {
                 "modelFormat": {"name": MODEL_FORMAT},
                 "runtime": RUNTIME,
