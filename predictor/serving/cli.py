@@ -40,6 +40,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="seconds to drain in-flight and queued requests on SIGTERM (default: %(default)s)")
     parser.add_argument("--intra_op_threads", type=int, default=None,
                         help="torch threads per forward pass (default: from the container's CPU limit)")
+    parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
+                        help="comma-separated origins allowed to call this server from a browser "
+                             "(e.g. 'null' for the viewer opened from disk); off by default")
     parser.add_argument("--log_level", default=os.environ.get("PREDICTOR_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: %(default)s)")
 
@@ -144,7 +147,8 @@ def serve(args: argparse.Namespace) -> int:
     model = TransformersModel(args.model_name, handler)
     options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                            grace_period_s=args.grace_period, load_retry_s=args.load_retry_seconds,
-                           max_threads=args.max_threads)
+                           max_threads=args.max_threads,
+                           cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     return PredictorServer(model, options).run(kserve.model_server.app, generation)
 
 

@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve import errors as kserve_errors
@@ -27,6 +28,7 @@ from predictor.serving.middleware import RequestContextMiddleware
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import RETRY_AFTER_S, register_torchserve_routes
+from predictor.serving.viewer import register_viewer_routes
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class ServeOptions:
     grace_period_s: int = 30
     load_retry_s: float = 60.0
     max_threads: int = 4
+    cors_origins: tuple[str, ...] = ()
 
 
 class PredictorServer:
@@ -93,6 +96,13 @@ class PredictorServer:
         document = openapi_document(generation)
         models = self.server.registered_models.get_models()
         register_torchserve_routes(app, models, lambda: document)
+        register_viewer_routes(app)
+        if self.options.cors_origins:
+            # Lets the viewer page (or a dashboard) opened from another origin call this server.
+            app.add_middleware(CORSMiddleware, allow_origins=list(self.options.cors_origins),
+                               allow_methods=["GET", "POST", "OPTIONS"],
+                               allow_headers=["Content-Type", "X-Request-Id", "X-Predictor-Details"],
+                               expose_headers=["X-Request-Id"])
         if generation:
             register_openai_routes(app, models)
         previous = app.router.lifespan_context
