@@ -120,3 +120,52 @@ def build_gpt2(dest: Path, *, seed: int = 0, **handler: Any) -> Path:
     write_model_config(dest, {"model_name": "tiny-gpt2", "mode": "text_generation", "max_length": 64,
                               "max_new_tokens": 20, **handler})
     return dest
+
+
+def build_mar(dest: Path, model_dir: Path, *, serialized_file: str, name: str = "tiny", version: str = "2.0",
+              extra_members: dict[str, bytes] | None = None) -> Path:
+    """A TorchServe .mar (a zip): MAR-INF/MANIFEST.json, and the model's files at the archive root."""
+    import zipfile
+
+    manifest = {
+        "createdOn": "01/01/2025 00:00:00", "runtime": "python", "archiverVersion": "0.12.0",
+        "model": {"modelName": name, "serializedFile": serialized_file,
+                  "handler": "Transformer_handler_generalized.py", "modelVersion": version,
+                  "configFile": "model-config.yaml"},
+    }
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / f"{name}.mar"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("MAR-INF/MANIFEST.json", json.dumps(manifest, indent=2))
+        zf.writestr("Transformer_handler_generalized.py", "# TorchServe's handler; never run here\n")
+        for file in sorted(model_dir.iterdir()):
+            if file.is_file():
+                zf.write(file, file.name)
+        for member, data in (extra_members or {}).items():
+            zf.writestr(member, data)
+    return archive
+
+
+def build_needle_qa(dest: Path, needle: str = "zebra", **handler: Any) -> Path:
+    """A tiny QA model whose answer is always the `needle` word, wherever it is in the context.
+
+    The needle's embedding is a long vector v and both span heads read only the direction of v, so the
+    needle gets by far the highest start and end logits while other tokens stay nearly uniform.
+    """
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    build_encoder(dest, "question_answering", **handler)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    [needle_id] = tokenizer.convert_tokens_to_ids([needle])
+    model = AutoModelForQuestionAnswering.from_pretrained(dest).eval()
+    with torch.no_grad():
+        embeddings = model.bert.embeddings.word_embeddings.weight
+        direction = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(1))
+        direction /= direction.norm()
+        embeddings[needle_id] = 50 * direction
+        model.qa_outputs.weight.zero_()
+        model.qa_outputs.bias.zero_()
+        model.qa_outputs.weight[0] = 2 * direction
+        model.qa_outputs.weight[1] = 2 * direction
+    model.save_pretrained(dest)
+    return dest

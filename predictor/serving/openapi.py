@@ -64,6 +64,9 @@ def _torchserve_paths() -> dict[str, Any]:
                           "responses": {"200": _json_ok("OpenAPI 3.0 document")}}},
         "/api-description": {"get": {"operationId": "getApiDescription", "summary": "This OpenAPI document",
                                      "responses": {"200": _json_ok("OpenAPI 3.0 document")}}},
+        "/viewer": {"get": {"operationId": "viewer", "summary": "Explanation viewer page",
+                            "responses": {"200": {"description": "HTML page",
+                                                  "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/ping": {"get": {"operationId": "ping", "summary": "TorchServe health: Healthy once the model is ready",
                           "responses": {"200": _json_ok("Healthy"), "500": _json_ok("Unhealthy")}}},
     }
