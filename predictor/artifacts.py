@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,8 +52,8 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
     target = cache_dir / f"{archive.stem}-{digest}"
     if (target / ".complete").exists():
         return target
-    partial = target.with_name(target.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.", suffix=".partial", dir=cache_dir))
     try:
         with zipfile.ZipFile(archive) as zf, Progress(
             sum(m.file_size for m in zf.infolist()), f"unpacking {archive.name}", unit="B"
@@ -64,10 +66,18 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
                     raise ConfigError(f"{archive}: member {member.filename!r} escapes the archive")
                 zf.extract(member, partial)
                 progress.update(member.file_size)
-    except zipfile.BadZipFile as exc:
-        raise ConfigError(f"{archive}: not a valid .mar (zip) archive: {exc}") from exc
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, zipfile.BadZipFile):
+            raise ConfigError(f"{archive}: not a valid .mar (zip) archive: {exc}") from exc
+        raise
     (partial / ".complete").touch()
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process unpacked the same archive first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / ".complete").exists():
+            raise
     return target
 
 
@@ -89,9 +99,12 @@ def _source_from_mar(archive: Path, config_path: Path | None, cache_dir: Path) -
     path = _unpack_mar(archive, cache_dir)
     manifest_file = path / "MAR-INF" / "MANIFEST.json"
     try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8")).get("model", {})
+        document = json.loads(manifest_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{archive}: cannot read MAR-INF/MANIFEST.json: {exc}") from exc
+    manifest = document.get("model", {}) if isinstance(document, Mapping) else None
+    if not isinstance(manifest, Mapping):
+        raise ConfigError(f"{archive}: MAR-INF/MANIFEST.json: expected {{\"model\": {{...}}}}, got {document!r:.200}")
     if config_path is None:
         named = manifest.get("configFile")
         candidate = path / (named or MODEL_CONFIG_FILE)
@@ -126,6 +139,8 @@ def parse_labels(raw: Any) -> list[str]:
             raise ConfigError(f"{LABELS_FILE}: expected a non-empty list of strings, got {raw!r}")
         return list(raw)
     if isinstance(raw, Mapping):
+        if not raw:
+            raise ConfigError(f"{LABELS_FILE}: no labels in {raw!r}")
         try:
             indexed = {int(k): v for k, v in raw.items()}
         except (TypeError, ValueError) as exc:
@@ -257,7 +272,9 @@ def load_pretrained(source: ModelSource, config: ModelConfig, plan: DevicePlan) 
         logger.info("BetterTransformer: attention implementation %s", attn)
     try:
         model = auto_class.from_pretrained(source.path, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except Exception as exc:  # a corrupt file raises whatever its format's reader raises
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"cannot load {handler.mode.value} model from {source.path}: {exc}") from exc
     if not plan.device_map:
         model.to(plan.device)
@@ -339,7 +356,11 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
         if runner.torchscript:
             logger.info("pt2.compile ignored for TorchScript models")
         else:
-            runner.module.compile(backend=pt2.backend, mode=pt2.mode, dynamic=True)
+            try:
+                runner.module.compile(backend=pt2.backend, mode=pt2.mode, dynamic=True)
+            except Exception as exc:  # torch rejects unknown backends/modes only here
+                raise ConfigError(f"pt2.compile: backend {pt2.backend!r} / mode {pt2.mode!r} rejected by "
+                                  f"torch.compile: {exc}") from exc
             logger.info("pt2.compile: torch.compile(backend=%s, mode=%s)", pt2.backend, pt2.mode)
     return runner
 

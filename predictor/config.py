@@ -45,6 +45,7 @@ class Backend(str, Enum):
 
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -104,6 +105,12 @@ class _Reader:
         )
         return float(value)
 
+    def positive_number(self, key: str, default: float) -> float:
+        value = self.non_negative_number(key, default)
+        if value == 0:
+            raise self._fail(key, self.raw.get(key), "a positive number")
+        return value
+
     def optional_str(self, key: str) -> str | None:
         value = self.raw.get(key)
         if value is None or value == "":
@@ -138,16 +145,20 @@ class CompileConfig:
             return cls(enable=True, backend=raw)
         if not isinstance(raw, Mapping):
             raise ConfigError(f"pt2: expected a mapping or a backend name, got {raw!r}")
-        _warn_unknown("pt2", raw, {"compile"})
-        compile_raw = raw.get("compile") or {}
+        _warn_unknown("pt2", raw, {"compile", "backend", "mode"})
+        # TorchServe also accepts the flat form `pt2: {backend: inductor, mode: ...}`.
+        compile_raw = raw.get("compile") or ({"enable": True, **raw} if "backend" in raw else {})
         if not isinstance(compile_raw, Mapping):
             raise ConfigError(f"pt2.compile: expected a mapping, got {compile_raw!r}")
         _warn_unknown("pt2.compile", compile_raw, {"enable", "backend", "mode"})
         read = _Reader("pt2.compile", compile_raw)
+        mode = read.optional_str("mode")
+        if mode is not None and mode not in _COMPILE_MODES:
+            raise ConfigError(f"pt2.compile.mode: expected one of {', '.join(_COMPILE_MODES)}, got {mode!r}")
         return cls(
             enable=read.boolean("enable", False),
             backend=read.optional_str("backend") or "inductor",
-            mode=read.optional_str("mode"),
+            mode=mode,
         )
 
 
@@ -303,6 +314,9 @@ class ModelConfig:
             raise ConfigError(f"limits: expected a mapping, got {limits_raw!r}")
         read = _Reader("model-config.yaml", raw)
         version = raw.get("modelVersion")
+        if isinstance(version, float):
+            logger.warning("modelVersion %r is a YAML number (1.10 reads as 1.1); quote it: modelVersion: \"%s\"",
+                           version, version)
         return cls(
             handler=HandlerConfig.from_yaml(handler_raw),
             compile=CompileConfig.from_yaml(raw.get("pt2")),
@@ -311,7 +325,7 @@ class ModelConfig:
             max_workers=read.positive_int("maxWorkers", 1),
             batch_size=read.positive_int("batchSize", 8),
             max_batch_delay_ms=read.non_negative_number("maxBatchDelay", 5.0),
-            response_timeout_s=read.non_negative_number("responseTimeout", 120.0) or 120.0,
+            response_timeout_s=read.positive_number("responseTimeout", 120.0),
             job_queue_size=read.positive_int("jobQueueSize", 256),
             model_version=None if version is None else str(version),
             max_retry_timeout_s=read.non_negative_number("maxRetryTimeoutInSec", 300.0),

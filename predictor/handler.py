@@ -148,7 +148,13 @@ class GeneralizedHandler:
     # ---- requests --------------------------------------------------------------------------
     def parse(self, raw: Any) -> Instance:
         """One request item -> Instance; InvalidRequestError (400/413) for bad input."""
-        return self.state.task.parse(raw)
+        task = self.state.task
+        try:
+            return task.parse(raw)
+        except PredictorError:
+            raise
+        except Exception as exc:  # parsing touches only the request: what it cannot read is bad input
+            raise InvalidRequestError(f"cannot read the input: {type(exc).__name__}: {exc}") from exc
 
     def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
         """Exactly one prediction per instance, in order; length-aware sub-batches, OOM split and retried."""

@@ -119,6 +119,10 @@ def check_text(text: str, max_chars: int, what: str = "text") -> str:
     """Reject empty and absurdly long texts."""
     if not text.strip():
         raise InvalidRequestError(f"{what} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates from JSON escapes like "\ud800"
+        raise InvalidRequestError(f"{what} is not valid Unicode (character {exc.start})") from exc
     if len(text) > max_chars:
         raise PayloadTooLargeError(f"{what} has {len(text)} characters; the limit is {max_chars}")
     return text
