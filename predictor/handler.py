@@ -25,7 +25,7 @@ from predictor.errors import (
     OutOfResourcesError,
     PredictorError,
 )
-from predictor.tasks import Encoded, Explanation, Instance, Prediction, Task, build_task
+from predictor.tasks import Encoded, Explanation, Instance, Prediction, StreamEnd, Task, build_task
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,8 @@ class GeneralizedHandler:
         """Captum attributions for one instance, in TorchServe's shape."""
         return self._call(self.state.task.explain, instance)
 
-    def stream(self, instance: Instance) -> Iterator[str]:
-        """Text-generation chunks as they are produced; their concatenation is the full answer."""
+    def stream(self, instance: Instance) -> Iterator[str | StreamEnd]:
+        """Text-generation chunks as they are produced (their concatenation is the full answer), then a StreamEnd."""
         task = self.state.task
         if not hasattr(task, "stream"):
             raise InvalidRequestError(f"streaming is only for text_generation; this model is {self.mode.value}")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from predictor.errors import InferenceTimeoutError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics
-from predictor.tasks import Instance, Prediction
+from predictor.tasks import Instance, Prediction, StreamEnd
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class InferenceQueue:
         except asyncio.TimeoutError as exc:
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
 
-    async def stream(self, instance: Instance) -> AsyncIterator[str]:
-        """Generated text chunks as the model thread produces them."""
+    async def stream(self, instance: Instance) -> AsyncIterator[str | StreamEnd]:
+        """Generated text chunks as the model thread produces them, then the StreamEnd."""
         self._admit(1)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()

@@ -88,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ClientErrorLogFilter(logging.Filter):
+    """kserve logs every 400/404/501/503 it answers at ERROR with a traceback; they are the client's errors.
+
+    Rewritten to one INFO line, as our own routes log them; 5xx keep ERROR and the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Downgrade records about client errors."""
+        from kserve import errors
+
+        client_errors = (errors.InvalidInput, errors.ModelNotFound, errors.ModelNotReady, NotImplementedError,
+                         errors.ServerNotReady, errors.UnsupportedProtocol)
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, client_errors) and record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "%s: %s", (type(exc).__name__, exc)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure_logging(level: str) -> None:
     """One handler on the root logger; every record carries the request id it belongs to."""
     from predictor.serving.middleware import RequestIdLogFilter
@@ -101,6 +121,7 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
     kserve_logger = logging.getLogger("kserve")
     kserve_logger.handlers = [handler]  # kserve configures its own handlers when it finds none
+    kserve_logger.addFilter(ClientErrorLogFilter())
     kserve_logger.propagate = False
     kserve_logger.setLevel(level)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # per-request latency lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import time
 import uuid
@@ -13,6 +14,7 @@ from predictor.errors import PayloadTooLargeError
 from predictor.serving import metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+TORCHSERVE_PREFIXES = ("/predictions/", "/explanations/")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Scope = dict[str, Any]
@@ -55,7 +57,7 @@ class RequestContextMiddleware:
         declared = headers.get(b"content-length", b"")
         try:
             if declared.isdigit() and int(declared) > limit:
-                await self._too_large(send, request_id, int(declared), limit)
+                await self._too_large(send, request_id, int(declared), limit, scope.get("path", ""))
                 status_holder["status"] = 413
                 return
             await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder))
@@ -92,8 +94,13 @@ class RequestContextMiddleware:
         return wrapped
 
     @staticmethod
-    async def _too_large(send: Send, request_id: str, size: int, limit: int) -> None:
-        body = (b'{"error": "request body of %d bytes exceeds the limit of %d bytes"}' % (size, limit))
+    async def _too_large(send: Send, request_id: str, size: int, limit: int, path: str) -> None:
+        message = f"request body of {size} bytes exceeds the limit of {limit} bytes"
+        if path.startswith(TORCHSERVE_PREFIXES):  # TorchServe's error shape on TorchServe's routes
+            document: dict[str, Any] = {"code": 413, "type": "RequestEntityTooLargeException", "message": message}
+        else:
+            document = {"error": message}
+        body = json.dumps(document).encode()
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (REQUEST_ID_HEADER, request_id.encode("latin-1")), (b"connection", b"close")]})

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from predictor.errors import InvalidRequestError, ModelNotFoundError, PredictorError
 from predictor.serving.kserve_model import TransformersModel
+from predictor.tasks import StreamEnd
 
 PREFIX = "/openai/v1"
 
@@ -57,6 +58,12 @@ class CompletionRequest(BaseModel):
             params["seed"] = self.seed
         return params
 
+    def stops(self) -> tuple[str, ...]:
+        """The stop sequences, as a tuple."""
+        if not self.stop:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
     def single_prompt(self) -> str:
         """One prompt per request (n=1)."""
         if isinstance(self.prompt, list):
@@ -64,6 +71,42 @@ class CompletionRequest(BaseModel):
                 raise InvalidRequestError("prompt: one prompt per request")
             return self.prompt[0]
         return self.prompt
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """The text before the first stop sequence (OpenAI never returns it), and whether one was found."""
+    found = [text.find(s) for s in stops if s in text]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+class StopCutter:
+    """Cuts a stream at the first stop sequence, holding back text that may be the start of one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that can be sent now."""
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        cut, hit = cut_at_stop(self.buffer, self.stops)
+        if hit:
+            self.stopped, self.buffer = True, ""
+            return cut
+        ready = len(self.buffer) - self.hold
+        if ready <= 0:
+            return ""
+        out, self.buffer = self.buffer[:ready], self.buffer[ready:]
+        return out
+
+    def flush(self) -> str:
+        """What was held back, at the end of the stream."""
+        rest, self.buffer = ("" if self.stopped else self.buffer), ""
+        return rest
 
 
 def _error(exc: PredictorError) -> JSONResponse:
@@ -109,8 +152,10 @@ class CompletionRoutes:
             [result] = await queue.predict([instance])
         except PredictorError as exc:
             return _error(exc)
-        text = result["generated_text"] if request.echo else result["continuation"]
-        finish = "stop" if result["finish_reason"] in ("stop", "eos") else "length"
+        continuation, hit = cut_at_stop(result["continuation"], request.stops())
+        prompt = result["generated_text"][: len(result["generated_text"]) - len(result["continuation"])]
+        text = prompt + continuation if request.echo else continuation
+        finish = "stop" if hit or result["finish_reason"] in ("stop", "eos") else "length"
         return JSONResponse({
             "id": cid, "object": "text_completion", "created": created, "model": request.model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
@@ -119,16 +164,25 @@ class CompletionRoutes:
         })
 
     @staticmethod
-    async def _events(chunks: AsyncIterator[str], cid: str, created: int,
+    async def _events(chunks: AsyncIterator[str | StreamEnd], cid: str, created: int,
                       request: CompletionRequest) -> AsyncIterator[bytes]:
+        cutter = StopCutter(request.stops())
+        finish = "length"
         first = True
         async for piece in chunks:
-            if first and not request.echo:
+            if isinstance(piece, StreamEnd):
+                finish = "stop" if piece.finish_reason in ("stop", "eos") else "length"
+                continue
+            if first:  # the core streams the prompt first
                 first = False
-                continue  # the core streams the prompt first
-            first = False
-            yield _chunk(cid, created, request.model, piece, None)
-        yield _chunk(cid, created, request.model, "", "length")
+                if request.echo:
+                    yield _chunk(cid, created, request.model, piece, None)
+                continue
+            if text := cutter.feed(piece):
+                yield _chunk(cid, created, request.model, text, None)
+        if rest := cutter.flush():
+            yield _chunk(cid, created, request.model, rest, None)
+        yield _chunk(cid, created, request.model, "", "stop" if cutter.stopped else finish)
         yield b"data: [DONE]\n\n"
 
 

@@ -76,9 +76,11 @@ def _torchserve_paths() -> dict[str, Any]:
         for suffix, extra in (("", []), ("/{model_version}", [_param("model_version")])):
             params = [_param("model_name"), *extra, details] + ([stream] if kind == "predictions" else [])
             op_id = kind + ("Version" if suffix else "")
-            paths[f"/{kind}/{{model_name}}{suffix}"] = {"post": {
-                "operationId": op_id, "summary": summary, "parameters": params, "requestBody": _TS_BODY,
-                "responses": _responses(_ANY, _TS_FAILURES, _TS_ERROR)}}
+            operation = {"summary": summary, "parameters": params, "requestBody": _TS_BODY,
+                         "responses": _responses(_ANY, _TS_FAILURES, _TS_ERROR)}
+            # PUT is what `curl -T file` sends.
+            paths[f"/{kind}/{{model_name}}{suffix}"] = {"post": {"operationId": op_id, **operation},
+                                                        "put": {"operationId": op_id + "Put", **operation}}
     return paths
 
 
@@ -86,6 +88,18 @@ def _kserve_paths() -> dict[str, Any]:
     name = [_param("model_name")]
     ready = _responses(_json_ok("Ready"), {503: "Not ready"}, _ERROR)
     return {
+        "/": {"get": {"operationId": "live", "summary": "Liveness", "responses": {"200": _json_ok("Alive")}}},
+        "/v2/models": {"get": {"operationId": "v2Models", "summary": "Served models",
+                               "responses": {"200": _json_ok("Model names")}}},
+        "/v2/models/{model_name}/versions/{model_version}/ready": {"get": {
+            "operationId": "v2ModelVersionReady", "summary": "Model readiness",
+            "parameters": [*name, _param("model_version")], "responses": ready}},
+        "/v2/repository/models/{model_name}/load": {"post": {
+            "operationId": "v2RepositoryLoad", "summary": "Refused: one model per process (501)",
+            "parameters": name, "responses": _responses(_json_ok("Never"), {501: "Not implemented"}, _ERROR)}},
+        "/v2/repository/models/{model_name}/unload": {"post": {
+            "operationId": "v2RepositoryUnload", "summary": "Refused: one model per process (501)",
+            "parameters": name, "responses": _responses(_json_ok("Never"), {501: "Not implemented"}, _ERROR)}},
         "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics",
                              "responses": {"200": {"description": "Metrics",
                                                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -122,8 +136,12 @@ def _kserve_paths() -> dict[str, Any]:
 
 def openapi_document(generation: bool) -> dict[str, Any]:
     """Every route this server answers; the OpenAI completions route when the model generates text."""
-    paths = {**_torchserve_paths(), **_kserve_paths()}
+    paths = _torchserve_paths()
+    for path, operations in _kserve_paths().items():
+        paths.setdefault(path, {}).update(operations)  # "/" has OPTIONS (TorchServe) and GET (KServe)
     if generation:
+        paths["/openai/v1/models"] = {"get": {"operationId": "openaiModels", "summary": "Served models (OpenAI)",
+                                              "responses": {"200": _json_ok("Model list")}}}
         paths["/openai/v1/completions"] = {"post": {
             "operationId": "openaiCompletions", "summary": "OpenAI-compatible completions (SSE when stream=true)",
             "requestBody": {"required": True, "content": {_JSON: {"schema": {

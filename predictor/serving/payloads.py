@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,6 +93,20 @@ def v2_response(model_name: str, version: str, request_id: str | None, results: 
                          data=[json_text(r) for r in results])
     return InferResponse(response_id=request_id or "", model_name=model_name, model_version=version,
                          infer_outputs=[output])
+
+
+def form_fields(body: bytes) -> list[str] | None:
+    """The `data`/`body` values of a url-encoded form, or None when the body is not such a form.
+
+    `curl -d 'free text'` sends the same content type with a plain text body: that stays one input.
+    """
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not pairs or any(key not in ("data", "body") for key, _ in pairs):
+        return None
+    return [value for _, value in pairs]
 
 
 def torchserve_items(body: bytes, form_parts: Sequence[Any] | None, limits: Limits) -> list[Any]:

@@ -15,11 +15,13 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve import errors as kserve_errors
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
@@ -31,6 +33,22 @@ from predictor.serving.torchserve import RETRY_AFTER_S, register_torchserve_rout
 from predictor.serving.viewer import register_viewer_routes
 
 logger = logging.getLogger(__name__)
+
+
+class FixedModelRepository(ModelRepositoryExtension):
+    """One model per process, loaded at start: the repository API lists it but cannot load or unload it.
+
+    kserve's default lets any client unload the model over REST or gRPC, after which the pod stays
+    live but never ready again.
+    """
+
+    async def load(self, model_name: str) -> None:
+        """Refused (501 / UNIMPLEMENTED)."""
+        raise NotImplementedError("this server serves one model loaded at start-up; it cannot load others")
+
+    async def unload(self, model_name: str) -> None:
+        """Refused (501 / UNIMPLEMENTED)."""
+        raise NotImplementedError("this server serves one model for its lifetime; it cannot unload it")
 
 
 class PredictorDataPlane(DataPlane):
@@ -49,6 +67,15 @@ class PredictorDataPlane(DataPlane):
         if not await self.model_registry.is_model_ready(name):
             raise kserve_errors.ModelNotReady(name)
         return model
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """A body FastAPI could not validate (v2 JSON of the wrong shape) is a 400, as on every other route."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {"msg": str(exc), "loc": ()}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    logger.info("invalid request body: %s at %s", first.get("msg"), where)
+    return JSONResponse({"error": f"invalid request: {first.get('msg')} at {where}"}, status_code=400)
 
 
 async def predictor_error_handler(_: Request, exc: Exception) -> JSONResponse:
@@ -86,6 +113,7 @@ class PredictorServer:
                                   enable_grpc=options.enable_grpc, grace_period=options.grace_period_s,
                                   max_threads=options.max_threads, enable_docs_url=False)
         self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
+        self.server.model_repository_extension = FixedModelRepository(self.server.registered_models)
         self.server.register_model(model)
         self._loader: threading.Thread | None = None
 
@@ -93,6 +121,7 @@ class PredictorServer:
         """Our middleware, error handler and TorchServe routes, added before kserve adds its routes."""
         app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes)
         app.add_exception_handler(PredictorError, predictor_error_handler)
+        app.add_exception_handler(RequestValidationError, validation_error_handler)
         document = openapi_document(generation)
         models = self.server.registered_models.get_models()
         register_torchserve_routes(app, models, lambda: document)

@@ -114,6 +114,8 @@ class TorchServeRoutes:
             if not parts:
                 raise InvalidRequestError("multipart request without a `data` field")
         body = b"" if parts is not None else await request.body()
+        if parts is None and content_type.startswith("application/x-www-form-urlencoded"):
+            parts = payloads.form_fields(body)  # requests.post(url, data={"data": text}); None for curl -d text
         items = payloads.torchserve_items(body, parts, limits)
         if _truthy(request.headers.get(DETAILS_HEADER)):
             items = [payloads.with_details(i) for i in items]
@@ -167,9 +169,10 @@ class TorchServeRoutes:
             first = ""
 
         async def body() -> AsyncIterator[bytes]:
-            yield first.encode("utf-8")
+            yield str(first).encode("utf-8")
             async for chunk in chunks:
-                yield chunk.encode("utf-8")
+                if isinstance(chunk, str):  # the closing StreamEnd carries no text
+                    yield chunk.encode("utf-8")
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
@@ -191,8 +194,10 @@ def register_torchserve_routes(app: FastAPI, models: Mapping[str, TransformersMo
     routes = TorchServeRoutes(models, openapi)
     app.add_api_route("/ping", routes.ping, methods=["GET"], tags=["TorchServe"])
     for prefix, endpoint in (("/predictions", routes.predictions), ("/explanations", routes.explanations)):
-        app.add_api_route(prefix + "/{model_name}", endpoint, methods=["POST"], tags=["TorchServe"])
-        app.add_api_route(prefix + "/{model_name}/{model_version}", endpoint, methods=["POST"], tags=["TorchServe"])
+        # PUT too: `curl -T file` uploads with PUT, and TorchServe answers it.
+        app.add_api_route(prefix + "/{model_name}", endpoint, methods=["POST", "PUT"], tags=["TorchServe"])
+        app.add_api_route(prefix + "/{model_name}/{model_version}", endpoint, methods=["POST", "PUT"],
+                          tags=["TorchServe"])
     app.add_api_route("/", routes.api_description, methods=["OPTIONS"], tags=["TorchServe"])
     app.add_api_route("/api-description", routes.api_description, methods=["GET"], tags=["TorchServe"])
     return routes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from predictor.config import ModelConfig, TaskName
-from predictor.tasks.base import Encoded, Explanation, GenerationParams, Instance, Prediction, Task
+from predictor.tasks.base import Encoded, Explanation, GenerationParams, Instance, Prediction, StreamEnd, Task
 from predictor.tasks.question_answering import QuestionAnsweringTask
 from predictor.tasks.sequence_classification import SequenceClassificationTask
 from predictor.tasks.text_generation import TextGenerationTask
@@ -25,4 +25,5 @@ def build_task(model: Any, tokenizer: Any, config: ModelConfig, labels: list[str
     return task
 
 
-__all__ = ["TASKS", "Encoded", "Explanation", "GenerationParams", "Instance", "Prediction", "Task", "build_task"]
+__all__ = ["TASKS", "Encoded", "Explanation", "GenerationParams", "Instance", "Prediction", "StreamEnd", "Task",
+           "build_task"]

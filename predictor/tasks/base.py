@@ -44,6 +44,15 @@ class Instance:
     n_steps: int | None = None  # Integrated Gradients steps asked for by an explanation request
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of a text-generation stream: why it ended and what it cost."""
+
+    finish_reason: str
+    generated_tokens: int
+    prompt_tokens: int
+
+
 @dataclass
 class Encoded:
     """One instance tokenised, unpadded: one feature row per window (QA may need several)."""

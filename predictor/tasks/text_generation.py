@@ -14,6 +14,7 @@ from predictor.errors import InvalidRequestError
 from predictor.tasks.targets import parse_text_target
 from predictor.tasks.base import (
     Encoded,
+    StreamEnd,
     Explanation,
     GenerationParams,
     Instance,
@@ -25,6 +26,23 @@ from predictor.tasks.base import (
     n_steps_field,
     text_field,
 )
+
+class StopInContinuation:
+    """Stops a row once its generated text (never the prompt) contains a stop string.
+
+    transformers' own `stop_strings` also match across the end of the prompt, stopping a
+    generation after one token when the prompt ends with the start of a stop string.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_len: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
 
 _PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
 _MAX_STOPS = 8
@@ -130,13 +148,16 @@ class TextGenerationTask(TaskBase):
             for n, inst in enumerate(batch)
         ]
 
-    def _generate_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+    def _generate_kwargs(self, params: GenerationParams, prompt_len: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
                                   "pad_token_id": self.tokenizer.pad_token_id}
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopInContinuation(self.tokenizer, params.stop,
+                                                                                   prompt_len)])
         return kwargs
 
     def _inputs(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -162,43 +183,54 @@ class TextGenerationTask(TaskBase):
         inputs = self._inputs(batch)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        with torch.inference_mode():
-            out = self.model.module.generate(**inputs, **self._generate_kwargs(params))
         prompt_len = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            out = self.model.module.generate(**inputs, **self._generate_kwargs(params, prompt_len))
         return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
 
-    def _answer(self, enc: Encoded, new_ids: list[int], params: GenerationParams) -> Prediction:
+    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str, str]:
+        """The generated ids up to EOS, their text, and why generation ended (eos, stop or length)."""
         eos = self.tokenizer.eos_token_id
         finish = "length"
         if eos is not None and eos in new_ids:
             new_ids = new_ids[: new_ids.index(eos) + 1]
             finish = "eos"
-        prompt = self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
         continuation = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         if params.stop and any(s in continuation for s in params.stop):
             finish = "stop"
+        return new_ids, continuation, finish
+
+    def _answer(self, enc: Encoded, new_ids: list[int], params: GenerationParams) -> Prediction:
+        new_ids, continuation, finish = self._finish(new_ids, params)
+        prompt = self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
         text = prompt + continuation  # equals the concatenation of the streamed chunks
         if not enc.instance.details:
             return text
         return {"generated_text": text, "continuation": continuation, "prompt_tokens": len(enc.rows[0]["input_ids"]),
                 "generated_tokens": len(new_ids), "finish_reason": finish, "truncated": enc.truncated}
 
-    def stream(self, instance: Instance) -> Iterator[str]:
-        """The answer as it is generated: the prompt first, then text pieces; their concatenation is the answer."""
+    def stream(self, instance: Instance) -> Iterator[str | StreamEnd]:
+        """The answer as it is generated: the prompt first, then text pieces, then a StreamEnd.
+
+        The text pieces concatenate to the non-streamed answer.
+        """
         from transformers import TextIteratorStreamer
 
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         inputs = self._inputs([enc])
+        prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []
+        output: list[torch.Tensor] = []
 
         def generate() -> None:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
                 with torch.inference_mode():
-                    self.model.module.generate(**inputs, **self._generate_kwargs(params), streamer=streamer)
+                    output.append(self.model.module.generate(**inputs, **self._generate_kwargs(params, prompt_len),
+                                                             streamer=streamer))
             except BaseException as exc:  # re-raised in the consumer below
                 failure.append(exc)
                 streamer.end()
@@ -212,6 +244,8 @@ class TextGenerationTask(TaskBase):
         worker.join()
         if failure:
             raise failure[0]
+        new_ids, _, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
+        yield StreamEnd(finish_reason=finish, generated_tokens=len(new_ids), prompt_tokens=prompt_len)
 
     def explain(self, instance: Instance) -> Explanation:
         """Attributions of the prompt tokens to the generated continuation."""
