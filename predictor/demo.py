@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 import yaml
-from tqdm import tqdm
 from transformers import AutoTokenizer, BatchEncoding, BertForSequenceClassification, PreTrainedTokenizerBase
 
 from predictor.errors import ConfigError
+from predictor.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _train(
     max_steps = max_epochs * math.ceil(len(train) / BATCH_SIZE)
     model.train()
     start, steps, last_step = time.monotonic(), 0, 0.0
-    meter = _Progress(progress)
+    meter = Progress(100, "demo model: training", unit="%", bar=progress)
     try:
         for batch in (b for _ in range(max_epochs) for b in _batches(train, generator)):
             step_start = time.monotonic()
@@ -207,7 +207,8 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             last_step = time.monotonic() - step_start  # not the mean: the first step is several times slower
-            meter.update(max(steps / max_steps, (time.monotonic() - start) / seconds), steps, loss.item())
+            used = min(100.0, 100 * max(steps / max_steps, (time.monotonic() - start) / seconds))
+            meter.update(used - meter.done, f"step {steps}, loss {loss.item():.3f}")
     finally:
         meter.close()
     model.train(False)  # eval mode: no dropout in the held-out score
@@ -227,29 +228,6 @@ def _evaluate(
             predicted = model(**_encode(tokenizer, batch)).logits.argmax(dim=-1).tolist()
             correct += sum(p == e.label for p, e in zip(predicted, batch))
     return correct / len(examples)
-
-
-class _Progress:
-    """Training progress: a tqdm bar on a terminal, otherwise an INFO line every 10%."""
-
-    def __init__(self, bar: bool) -> None:
-        self._bar = tqdm(total=100, desc="demo model", unit="%", leave=False) if bar else None
-        self._next_log = 10
-
-    def update(self, fraction: float, steps: int, loss: float) -> None:
-        """Report that `fraction` of the budget (time or epochs, whichever is further) is used."""
-        percent = min(100, int(fraction * 100))
-        if self._bar is not None:
-            self._bar.set_postfix(step=steps, loss=f"{loss:.3f}", refresh=False)
-            self._bar.update(percent - self._bar.n)
-        elif percent >= self._next_log:
-            logger.info("demo model: training %d%% (step %d, loss %.3f)", percent, steps, loss)
-            self._next_log = percent // 10 * 10 + 10
-
-    def close(self) -> None:
-        """Remove the bar, if any."""
-        if self._bar is not None:
-            self._bar.close()
 
 
 def _save(

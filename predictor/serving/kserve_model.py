@@ -20,7 +20,6 @@ from predictor.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     PayloadTooLargeError,
-    PredictorError,
 )
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics, payloads
