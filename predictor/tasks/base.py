@@ -17,6 +17,7 @@ Prediction = Any  # a JSON-able value: a string in TorchServe's shape, a dict wh
 Explanation = dict[str, Any]
 
 TEXT_KEYS = ("text", "data", "body", "input", "inputs", "prompt")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,30 @@ class TaskBase:
     def pad(self, rows: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         """Pad rows to the longest of them (never to max_length)."""
         batch = self.tokenizer.pad(list(rows), padding="longest", return_tensors="pt")
-        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+    def encode_truncated(self, batch: Sequence[Instance], **options: Any) -> list[Encoded]:
+        """Tokenise texts to max_length, one row each; `meta` keeps the per-token extras options asked for.
+
+        Overflowing tokens are requested only to learn which texts did not fit (a second window).
+        """
+        enc = self.tokenizer([i.text for i in batch], truncation=True, max_length=self.handler.max_length,
+                             return_overflowing_tokens=True, **options)
+        extras = {"offset_mapping": "offsets", "special_tokens_mask": "special"}
+        out: list[Encoded] = []
+        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
+            if sample < len(out):
+                out[sample].truncated = True
+                continue
+            features = {k: enc[k][row] for k in MODEL_INPUTS if k in enc}
+            meta = {name: enc[key][row] for key, name in extras.items() if key in enc}
+            out.append(Encoded(instance=batch[sample], rows=[features], meta=meta))
+        return out
+
+    def first_row_logits(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        """The model's first output for a batch padded to its longest member, as float32 on the CPU."""
+        with torch.inference_mode():
+            return self.model(self.pad([e.rows[0] for e in batch]))[0].float().cpu()
 
     def label(self, index: int) -> str:
         """The name of class `index` (the index itself when there is no label map)."""

@@ -50,24 +50,11 @@ class SequenceClassificationTask(TaskBase):
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
         """Tokenise, truncating to max_length; remembers which inputs were truncated."""
-        enc = self.tokenizer(
-            [i.text for i in batch], truncation=True, max_length=self.handler.max_length,
-            return_overflowing_tokens=True, stride=0,
-        )
-        keep = {"input_ids", "attention_mask", "token_type_ids"}
-        out: list[Encoded] = []
-        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
-            if sample < len(out):
-                out[sample].truncated = True  # a second window means the text did not fit
-                continue
-            features = {k: enc[k][row] for k in keep if k in enc}
-            out.append(Encoded(instance=batch[sample], rows=[features]))
-        return out
+        return self.encode_truncated(batch)
 
     def logits(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """The classifier's logits for a batch padded to its longest member."""
-        with torch.inference_mode():
-            return self.model(self.pad([e.rows[0] for e in batch]))[0].float().cpu()
+        return self.first_row_logits(batch)
 
     def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
         """Label per item; details on request."""

@@ -76,24 +76,11 @@ class TokenClassificationTask(TaskBase):
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
         """Tokenise with character offsets and the special-token mask."""
-        enc = self.tokenizer(
-            [i.text for i in batch], truncation=True, max_length=self.handler.max_length,
-            return_overflowing_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True,
-        )
-        out: list[Encoded] = []
-        for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
-            if sample < len(out):
-                out[sample].truncated = True
-                continue
-            features = {k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            meta = {"offsets": enc["offset_mapping"][row], "special": enc["special_tokens_mask"][row]}
-            out.append(Encoded(instance=batch[sample], rows=[features], meta=meta))
-        return out
+        return self.encode_truncated(batch, return_offsets_mapping=True, return_special_tokens_mask=True)
 
     def logits(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """Per-token logits, [batch, longest, labels]."""
-        with torch.inference_mode():
-            return self.model(self.pad([e.rows[0] for e in batch]))[0].float().cpu()
+        return self.first_row_logits(batch)
 
     def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
         """Token/label pairs per item; entities on request."""

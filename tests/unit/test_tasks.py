@@ -29,7 +29,7 @@ from transformers import (
 from predictor.config import Limits
 from predictor.errors import InvalidRequestError, PayloadTooLargeError
 from predictor.handler import GeneralizedHandler
-from predictor.tasks import build_task
+from predictor.tasks import StreamEnd, build_task
 
 Forward = Callable[[Mapping[str, torch.Tensor]], tuple[torch.Tensor, ...]]
 
@@ -699,11 +699,13 @@ def test_stream_concatenates_to_the_answer(
 ) -> None:
     handler = handlers["text_generation"]
     for prompt in ("Once upon a time", "The quick brown fox jumps"):
-        chunks = list(handler.stream(gen(handler, prompt, **params)))
-        [answer] = handler.predict([gen(handler, prompt, **params)])
+        *chunks, end = list(handler.stream(gen(handler, prompt, **params)))
+        [answer] = handler.predict([gen(handler, prompt, details=True, **params)])
         assert all(isinstance(c, str) for c in chunks) and len(chunks) > 1
         assert chunks[0] == prompt
-        assert "".join(chunks) == answer
+        assert "".join(chunks) == answer["generated_text"]
+        assert isinstance(end, StreamEnd)
+        assert (end.finish_reason, end.generated_tokens) == (answer["finish_reason"], answer["generated_tokens"])
 
 
 def test_stop_strings_end_the_answer_and_the_stream_alike(handlers: dict[str, GeneralizedHandler]) -> None:
@@ -726,7 +728,9 @@ def test_stop_strings_end_the_answer_and_the_stream_alike(handlers: dict[str, Ge
     assert stop in stopped["continuation"]
     assert free["generated_text"].startswith(stopped["generated_text"])
     assert stopped["generated_tokens"] < free["generated_tokens"]
-    assert "".join(handler.stream(gen(handler, "Once", **params))) == stopped["generated_text"]
+    *chunks, end = handler.stream(gen(handler, "Once", **params))
+    assert "".join(chunks) == stopped["generated_text"]
+    assert isinstance(end, StreamEnd) and end.finish_reason == "stop"
 
 
 @pytest.mark.parametrize("mode", ["sequence_classification", "token_classification", "question_answering"])
