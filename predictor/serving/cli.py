@@ -39,7 +39,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace_period", type=int, default=30,
                         help="seconds to drain in-flight and queued requests on SIGTERM (default: %(default)s)")
     parser.add_argument("--intra_op_threads", type=int, default=None,
-                        help="torch threads per forward pass (default: from the container's CPU limit)")
+                        help="torch threads per forward pass (default: the CPU limit less one core for HTTP)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
                         help="comma-separated origins allowed to call this server from a browser "
                              "(e.g. 'null' for the viewer opened from disk); off by default")
@@ -226,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
     _offline_environment()
+    from predictor.serving.cpu import passive_openmp_wait
+
+    passive_openmp_wait()
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"))
     return _COMMANDS[args.command](args)
