@@ -275,7 +275,9 @@ def load_pretrained(source: ModelSource, config: ModelConfig, plan: DevicePlan) 
     except Exception as exc:  # a corrupt file raises whatever its format's reader raises
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"cannot load {handler.mode.value} model from {source.path}: {exc}") from exc
+        weights = sorted(p.name for p in source.path.iterdir() if p.suffix in (".safetensors", ".bin"))
+        raise ConfigError(f"cannot load {handler.mode.value} model from {source.path} (weights: "
+                          f"{', '.join(weights) or 'none'}): {exc}") from exc
     if not plan.device_map:
         model.to(plan.device)
     model.eval()

@@ -60,12 +60,49 @@ class RequestContextMiddleware:
                 await self._too_large(send, request_id, int(declared), limit, scope.get("path", ""))
                 status_holder["status"] = 413
                 return
+            if not declared and b"chunked" in headers.get(b"transfer-encoding", b""):
+                # No declared size: read up to the limit here, so an endless body is cut off, not drained.
+                buffered = await self._buffer(receive, limit)
+                if buffered is None:
+                    await self._too_large(send, request_id, limit + 1, limit, scope.get("path", ""))
+                    status_holder["status"] = 413
+                    return
+                receive = self._replay(buffered, receive)
             await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder))
         finally:
             route = _route_label(scope)
             metrics.REQUESTS.labels(route=route, status=str(status_holder["status"])).inc()
             metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
             request_id_var.reset(token)
+
+    @staticmethod
+    async def _buffer(receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it exceeds limit."""
+        chunks, total, more = [], 0, True
+        while more:
+            message = await receive()
+            if message.get("type") != "http.request":
+                break
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        sent = False
+
+        async def replayed() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # http.disconnect, when the client goes
+
+        return replayed
 
     @staticmethod
     def _limited(receive: Receive, limit: int) -> Receive:
@@ -95,7 +132,8 @@ class RequestContextMiddleware:
 
     @staticmethod
     async def _too_large(send: Send, request_id: str, size: int, limit: int, path: str) -> None:
-        message = f"request body of {size} bytes exceeds the limit of {limit} bytes"
+        message = (f"request body of {size} bytes exceeds the limit of {limit} bytes" if size <= 2**62
+                   else f"request body exceeds the limit of {limit} bytes")
         if path.startswith(TORCHSERVE_PREFIXES):  # TorchServe's error shape on TorchServe's routes
             document: dict[str, Any] = {"code": 413, "type": "RequestEntityTooLargeException", "message": message}
         else:

@@ -92,8 +92,9 @@ def _kserve_paths() -> dict[str, Any]:
         "/v2/models": {"get": {"operationId": "v2Models", "summary": "Served models",
                                "responses": {"200": _json_ok("Model names")}}},
         "/v2/models/{model_name}/versions/{model_version}/ready": {"get": {
-            "operationId": "v2ModelVersionReady", "summary": "Model readiness",
-            "parameters": [*name, _param("model_version")], "responses": ready}},
+            "operationId": "v2ModelVersionReady", "summary": "kserve does not version models: always 501",
+            "parameters": [*name, _param("model_version")],
+            "responses": _responses(_json_ok("Never"), {501: "Model versioning not supported"}, _ERROR)}},
         "/v2/repository/models/{model_name}/load": {"post": {
             "operationId": "v2RepositoryLoad", "summary": "Refused: one model per process (501)",
             "parameters": name, "responses": _responses(_json_ok("Never"), {501: "Not implemented"}, _ERROR)}},

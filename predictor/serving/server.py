@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
@@ -26,7 +27,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.serving.kserve_model import TransformersModel
-from predictor.serving.middleware import RequestContextMiddleware
+from predictor.serving.middleware import TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import RETRY_AFTER_S, register_torchserve_routes
@@ -78,6 +79,17 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"invalid request: {first.get('msg')} at {where}"}, status_code=400)
 
 
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Errors FastAPI raises itself (unreadable multipart or body) in the route family's own shape."""
+    status = int(getattr(exc, "status_code", 400))
+    detail = str(getattr(exc, "detail", exc))
+    logger.info("HTTP %d: %s", status, detail)
+    if request.url.path.startswith(TORCHSERVE_PREFIXES):
+        kind = "BadRequestException" if status == 400 else "HTTPException"
+        return JSONResponse({"code": status, "type": kind, "message": detail}, status_code=status)
+    return JSONResponse({"error": detail}, status_code=status)
+
+
 async def predictor_error_handler(_: Request, exc: Exception) -> JSONResponse:
     """KServe routes: our errors that kserve has no exception for (413, 503 overload, 504, 507...)."""
     status = getattr(exc, "status", HTTPStatus.INTERNAL_SERVER_ERROR)
@@ -122,6 +134,7 @@ class PredictorServer:
         app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes)
         app.add_exception_handler(PredictorError, predictor_error_handler)
         app.add_exception_handler(RequestValidationError, validation_error_handler)
+        app.add_exception_handler(StarletteHTTPException, http_error_handler)
         document = openapi_document(generation)
         models = self.server.registered_models.get_models()
         register_torchserve_routes(app, models, lambda: document)

@@ -109,6 +109,8 @@ def decode_text(raw: Any) -> Any:
                 return json.loads(stripped)
             except ValueError:
                 return raw
+            except RecursionError as exc:
+                raise InvalidRequestError("JSON nested too deeply") from exc
     return raw
 
 
