@@ -39,7 +39,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grace_period", type=int, default=30,
                         help="seconds to drain in-flight and queued requests on SIGTERM (default: %(default)s)")
     parser.add_argument("--intra_op_threads", type=int, default=None,
-                        help="torch threads per forward pass (default: the CPU limit less one core for HTTP)")
+                        help="torch threads per forward pass (default: from the container CPU limit)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
                         help="comma-separated origins allowed to call this server from a browser "
                              "(e.g. 'null' for the viewer opened from disk); off by default")
