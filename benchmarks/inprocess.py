@@ -1,0 +1,158 @@
+"""In-process reference figures: the model's own limit, and the seed handler's way of running it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from predictor.config import ModelConfig, load_model_config
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Classifier:
+    """An eager transformers classifier, its tokenizer and the serving config it comes with."""
+
+    model: Any
+    tokenizer: Any
+    config: ModelConfig
+
+    @property
+    def max_length(self) -> int:
+        """handler.max_length of the model's config."""
+        return self.config.handler.max_length
+
+
+def load_classifier(model_dir: Path) -> Classifier:
+    """The model as transformers loads it (eager, float32, eval), independent of the predictor."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    config = load_model_config(model_dir / "model-config.yaml")
+    return Classifier(model=model, tokenizer=tokenizer, config=config)
+
+
+def padded_batches(tokenizer: Any, texts: Sequence[str], size: int, max_length: int) -> list[Batch]:
+    """Consecutive texts in corpus order, `size` at a time, each batch padded to its longest member."""
+    batches = []
+    for start in range(0, len(texts), size):
+        enc = tokenizer(list(texts[start:start + size]), padding="longest", truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        batches.append(dict(enc))
+    return batches
+
+
+@dataclass
+class LoopResult:
+    """What a timed loop did: rows processed, wall time, and per-call latencies."""
+
+    rows: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rows_per_s(self) -> float:
+        """Throughput in rows (sequences) per second."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def median_ms(self) -> float:
+        """Median latency of one call, in milliseconds."""
+        return statistics.median(self.latencies) * 1000 if self.latencies else 0.0
+
+
+def timed_loop(call: Callable[[Any], Any], items: Sequence[Any], rows: Callable[[Any], int],
+               duration_s: float, warmup_calls: int = 2) -> LoopResult:
+    """Call `call` on items round-robin until duration_s has passed (at least once), after a short warm-up."""
+    for item in items[:warmup_calls]:
+        call(item)
+    latencies: list[float] = []
+    done = 0
+    started = time.perf_counter()
+    deadline = started + duration_s
+    i = 0
+    while True:
+        item = items[i % len(items)]
+        t0 = time.perf_counter()
+        call(item)
+        t1 = time.perf_counter()
+        latencies.append(t1 - t0)
+        done += rows(item)
+        i += 1
+        if t1 >= deadline:
+            break
+    return LoopResult(rows=done, seconds=time.perf_counter() - started, latencies=latencies)
+
+
+def batch_rows(batch: Mapping[str, torch.Tensor]) -> int:
+    """Sequences in a padded batch."""
+    return int(batch["input_ids"].shape[0])
+
+
+def forward_sweep(clf: Classifier, texts: Sequence[str], sizes: Sequence[int],
+                  duration_s: float) -> dict[str, Any]:
+    """The limit: eager forward passes alone (tokenisation done beforehand), per batch size."""
+    per_size: dict[str, Any] = {}
+
+    def forward(batch: Batch) -> Any:
+        with torch.inference_mode():
+            return clf.model(**batch).logits
+
+    for size in sizes:
+        batches = padded_batches(clf.tokenizer, texts, size, clf.max_length)
+        result = timed_loop(forward, batches, batch_rows, duration_s)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        padded = sum(int(b["attention_mask"].numel()) for b in batches)
+        per_size[str(size)] = {"seq_per_s": round(result.rows_per_s, 1),
+                               "forward_ms_median": round(result.median_ms, 2),
+                               "calls": len(result.latencies), "padded_to_real": round(padded / real, 3)}
+    best = max(per_size, key=lambda k: per_size[k]["seq_per_s"])
+    single = per_size.get("1", {}).get("forward_ms_median")
+    return {"batch_sizes": per_size, "best_batch_size": int(best),
+            "best_seq_per_s": per_size[best]["seq_per_s"], "single_forward_ms_median": single}
+
+
+def single_request_ms(clf: Classifier, texts: Sequence[str], duration_s: float) -> float:
+    """Median time to tokenise one text and run it alone: what one request costs without a server."""
+
+    def one(text: str) -> Any:
+        enc = clf.tokenizer([text], truncation=True, max_length=clf.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return clf.model(**enc).logits
+
+    return round(timed_loop(one, list(texts), lambda _: 1, duration_s).median_ms, 2)
+
+
+def seed_way(clf: Classifier, texts: Sequence[str], duration_s: float) -> dict[str, Any]:
+    """TorchServe's handler: each request alone, padded to max_length, tokenised per request.
+
+    The seed called `encode_plus(text, max_length=..., pad_to_max_length=True, truncation=True)`;
+    transformers 5 removed both names, and `padding="max_length"` is their documented equivalent.
+    """
+
+    def one(text: str) -> Any:
+        enc = clf.tokenizer(text, max_length=clf.max_length, padding="max_length", truncation=True,
+                            add_special_tokens=True, return_tensors="pt")
+        with torch.inference_mode():
+            return clf.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+    result = timed_loop(one, list(texts), lambda _: 1, duration_s)
+    return {"seq_per_s": round(result.rows_per_s, 1), "latency_ms_median": round(result.median_ms, 2),
+            "calls": len(result.latencies), "padded_length": clf.max_length}
+
+
+def probabilities(clf: Classifier, texts: Sequence[str], size: int = 8) -> list[list[float]]:
+    """Class probabilities for every text (batches of `size`, padded to the longest): the eager reference."""
+    rows: list[list[float]] = []
+    with torch.inference_mode():
+        for batch in padded_batches(clf.tokenizer, texts, size, clf.max_length):
+            rows += torch.softmax(clf.model(**batch).logits.float(), -1).tolist()
+    return rows

@@ -1,0 +1,206 @@
+"""Figures derived from one run (ratios, targets) and the short table printed at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Issue #8: at concurrency 1 the server may add at most this much to a single forward pass.
+C1_OVERHEAD_BUDGET_MS = 3.0
+
+
+def _get(data: Mapping[str, Any] | None, *path: Any) -> Any:
+    for key in path:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a: Any, b: Any, digits: int = 3) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or b == 0:
+        return None
+    return round(a / b, digits)
+
+
+def phase(report: Mapping[str, Any], route: str, concurrency: int) -> Mapping[str, Any] | None:
+    """The server load phase for one route and concurrency, if it ran."""
+    for entry in _get(report, "server", "phases") or []:
+        if entry.get("route") == route and entry.get("concurrency") == concurrency:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
+    """Ratios and targets from the measured sections: None where a section did not run."""
+    top = phase(report, "predictions", top_concurrency)
+    one = phase(report, "predictions", 1)
+    v1 = phase(report, "v1", top_concurrency)
+    limit = report.get("limit")
+    single = _get(limit, "single_forward_ms_median")
+    c1_p50 = _get(one, "latency_ms", "p50")
+    overhead = round(c1_p50 - single, 2) if c1_p50 is not None and single is not None else None
+    ratios = {
+        "server_over_limit": _ratio(_get(top, "throughput_rps"), _get(limit, "best_seq_per_s")),
+        "server_over_seed": _ratio(_get(top, "throughput_rps"), _get(report, "seed_way", "seq_per_s")),
+        "p99_over_p50": _ratio(_get(top, "latency_ms", "p99"), _get(top, "latency_ms", "p50")),
+        "v1_over_predictions": _ratio(_get(v1, "throughput_rps"), _get(top, "throughput_rps")),
+        "c1_p50_minus_single_forward_ms": overhead,
+        "generation_server_over_inprocess": _ratio(_get(report, "generation", "server", "tokens_per_s"),
+                                                   _get(report, "generation", "inprocess", "tokens_per_s")),
+    }
+    targets = {"c1_p50_within_single_forward_plus_3ms": None if overhead is None
+               else overhead <= C1_OVERHEAD_BUDGET_MS}
+    return {"concurrency": top_concurrency, **ratios, "targets": targets}
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _phase_line(entry: Mapping[str, Any]) -> str:
+    lat = entry.get("latency_ms", {})
+    batches = entry.get("batches") or {}
+    cpu = f"{_fmt(entry.get('server_cpu_cores'), digits=2)}/{_fmt(entry.get('client_cpu_cores'), digits=2)}"
+    p50, p90, p99 = (_fmt(lat.get(q)) for q in ("p50", "p90", "p99"))
+    return (f"  {entry['route']:<11} c={entry['concurrency']:<3} {_fmt(entry.get('throughput_rps')):>7} req/s"
+            f"  p50 {p50:>7}  p90 {p90:>7}  p99 {p99:>7} ms"
+            f"  err {entry.get('errors', 0)}  batch {_fmt(batches.get('mean_batch_size'), digits=2)}"
+            f"  pad/real {_fmt(batches.get('padded_to_real'), digits=2)}  cpu srv/cli/other {cpu}/"
+            f"{_fmt(entry.get('foreign_cpu_cores'), digits=2)}")
+
+
+def _limit_lines(report: Mapping[str, Any]) -> list[str]:
+    lines = []
+    limit = report.get("limit")
+    if limit and "batch_sizes" in limit:
+        sizes = "  ".join(f"b{k}: {v['seq_per_s']:.0f}" for k, v in limit["batch_sizes"].items())
+        single = _fmt(limit.get("single_forward_ms_median"), " ms", 2)
+        request = _fmt(limit.get("single_request_ms_median"), " ms", 2)
+        lines.append(f"limit (eager forward, in process, seq/s)   {sizes}")
+        lines.append(f"  best b{limit['best_batch_size']}: {limit['best_seq_per_s']:.1f} seq/s; "
+                     f"single forward p50 {single}; tokenise+forward p50 {request}")
+    seed = report.get("seed_way")
+    if seed and "seq_per_s" in seed:
+        lines.append(f"seed's way (pad to {seed['padded_length']}, one at a time)   "
+                     f"{seed['seq_per_s']:.1f} seq/s, p50 {seed['latency_ms_median']:.2f} ms")
+    return lines
+
+
+def _server_lines(report: Mapping[str, Any]) -> list[str]:
+    server = report.get("server")
+    if not server or "phases" not in server:
+        return []
+    lines = [f"server (startup {_fmt(server.get('startup_s'), ' s')}, {server.get('intra_op_threads')} torch "
+             f"thread(s), OMP_WAIT_POLICY {server.get('omp_wait_policy')})"]
+    lines += [_phase_line(p) for p in server["phases"]]
+    mixed = server.get("predictions_during_explanations")
+    if mixed:
+        predictions = _get(mixed, "predictions", "latency_ms") or {}
+        explanations = mixed.get("explanations") or {}
+        explain_p50 = _fmt(_get(explanations, "latency_ms", "p50"))
+        lines.append(f"  predictions c=1 during explanations: p50 {_fmt(predictions.get('p50'))} "
+                     f"p99 {_fmt(predictions.get('p99'))} ms; explanations p50 {explain_p50} ms "
+                     f"({explanations.get('requests')} done)")
+    rss = server.get("rss_mb", {})
+    lines.append(f"  server RSS after warm-up {_fmt(rss.get('after_warmup'), ' MB')}, after the prediction "
+                 f"phases {_fmt(rss.get('after_predictions'), ' MB')} "
+                 f"({_fmt(rss.get('growth_predictions_pct'), ' %', 2)}), at the end (explanations too) "
+                 f"{_fmt(rss.get('end'), ' MB')} ({_fmt(rss.get('growth_pct'), ' %', 2)})")
+    return lines
+
+
+def _backend_lines(report: Mapping[str, Any]) -> list[str]:
+    backends = report.get("backends")
+    if not backends:
+        return []
+    lines = ["backends (in process, seq/s per batch size; eager = the limit above)"]
+    for name, entry in backends.items():
+        if entry.get("status") != "ok":
+            lines.append(f"  {name:<8} {entry.get('status')}: {entry.get('error', '')}"[:160])
+            continue
+        sizes = "  ".join(f"b{k}: {v['seq_per_s']:.0f}" for k, v in entry["batch_sizes"].items())
+        load = f"  (load {entry['load_s']:.1f} s)" if "load_s" in entry else ""
+        agree = ""
+        if "label_agreement_pct" in entry:
+            agree = f"  agree {entry['label_agreement_pct']:.1f}%  max dp {entry['max_prob_diff']:.4f}"
+        lines.append(f"  {name:<8} {sizes}{load}{agree}")
+    return lines
+
+
+def _variant_lines(report: Mapping[str, Any], section: str, title: str) -> list[str]:
+    variants = report.get(section)
+    if not variants:
+        return []
+    lines = [title]
+    for name, entry in variants.items():
+        if "error" in entry:
+            lines.append(f"  {name}: failed: {entry['error'].splitlines()[0]}"[:160])
+            continue
+        lines.append(f"  {name} (startup {_fmt(entry.get('startup_s'), ' s')})")
+        lines += ["  " + _phase_line(p) for p in entry["phases"]]
+    return lines
+
+
+def _generation_lines(report: Mapping[str, Any]) -> list[str]:
+    gen = report.get("generation")
+    if not gen or "inprocess" not in gen:
+        return []
+    stream = gen.get("stream", {})
+    return [f"generation (tiny GPT-2, greedy, {gen['max_new_tokens']} new tokens)",
+            f"  in process {_fmt(_get(gen, 'inprocess', 'tokens_per_s'))} tok/s (first token "
+            f"{_fmt(_get(gen, 'inprocess', 'first_token_ms_median'), ' ms')}); server c=1 "
+            f"{_fmt(_get(gen, 'server', 'tokens_per_s'))} tok/s",
+            f"  stream: first chunk {_fmt(stream.get('first_chunk_ms_median'), ' ms')}, first generated text "
+            f"{_fmt(stream.get('first_generated_text_ms_median'), ' ms')}, complete "
+            f"{_fmt(stream.get('complete_ms_median'), ' ms')}"]
+
+
+def _explanation_lines(report: Mapping[str, Any]) -> list[str]:
+    ex = report.get("explanations")
+    if not ex:
+        return []
+    lines = ["explanations (in process, default n_steps)"]
+    for mode, entry in ex.items():
+        if not isinstance(entry, Mapping) or "ours_ms_median" not in entry:
+            continue
+        speedup, cosine = _fmt(entry["speedup"], "x", 2), _fmt(entry["cosine_min"], digits=4)
+        ours, seed = entry["ours_ms_median"], entry["seed_ms_median"]
+        lines.append(f"  {mode:<24} ours {ours:.0f} ms  seed {seed:.0f} ms  speedup {speedup}"
+                     f"  cosine min {cosine}  ({entry['inputs']} inputs, {entry['n_steps']} steps)")
+    return lines
+
+
+def _ratio_line(derived: Mapping[str, Any]) -> str:
+    c = derived.get("concurrency")
+    within = _fmt(_get(derived, "targets", "c1_p50_within_single_forward_plus_3ms"))
+    return (f"ratios   server c={c} / limit {_fmt(derived.get('server_over_limit'), digits=3)}   "
+            f"server c={c} / seed {_fmt(derived.get('server_over_seed'), digits=2)}   "
+            f"p99/p50 c={c} {_fmt(derived.get('p99_over_p50'), digits=2)}   "
+            f"c=1 p50 - single forward {_fmt(derived.get('c1_p50_minus_single_forward_ms'), ' ms', 2)} "
+            f"(<= 3 ms: {within})")
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The run's figures as a short plain-text table."""
+    meta = report.get("meta", {})
+    run = "quick" if meta.get("quick") else "full"
+    lines = [f"predictor benchmark: {meta.get('model', '?')}, {meta.get('threads')} threads, {run} run; "
+             f"other work on the machine: up to {_fmt(meta.get('foreign_cpu_cores_max'), ' cores', 2)} "
+             f"in a section (0 is a clean run)"]
+    lines += _limit_lines(report) + _server_lines(report)
+    if report.get("derived"):
+        lines.append(_ratio_line(report["derived"]))
+    lines += _variant_lines(report, "server_variants", "server variants (torch threads, OpenMP waiting)")
+    lines += _backend_lines(report) + _variant_lines(report, "backend_servers", "server with each backend")
+    lines += _generation_lines(report) + _explanation_lines(report)
+    for name, error in report.get("errors", {}).items():
+        last = error.strip().splitlines()[-1] if error.strip() else ""
+        lines.append(f"FAILED {name}: {last}"[:200])
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""The benchmark's pieces run on tiny models and report sane figures (no timing thresholds: those are the
+benchmark's business, not the tests')."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import backends, report  # noqa: E402
+from benchmarks.corpus import describe, load_corpus, spread  # noqa: E402
+from benchmarks.load import Request, closed_loop, latency_summary  # noqa: E402
+from benchmarks.models import ModelDirs  # noqa: E402
+from benchmarks.run import Settings, build_parser, run_benchmark, settings_from_args  # noqa: E402
+from benchmarks.server_process import batch_metrics, parse_prometheus  # noqa: E402
+
+METRICS_BEFORE = """# HELP predictor_batch_size Inputs per forward pass
+# TYPE predictor_batch_size histogram
+predictor_batch_size_bucket{le="1.0"} 2.0
+predictor_batch_size_count 4.0
+predictor_batch_size_sum 10.0
+predictor_real_tokens_total 100.0
+predictor_padded_tokens_total 120.0
+predictor_inference_seconds_sum 0.5
+predictor_inference_seconds_count 4.0
+"""
+METRICS_AFTER = (METRICS_BEFORE.replace("count 4.0", "count 8.0").replace("_sum 10.0", "_sum 30.0")
+                 .replace("real_tokens_total 100.0", "real_tokens_total 300.0")
+                 .replace("padded_tokens_total 120.0", "padded_tokens_total 370.0")
+                 .replace("seconds_sum 0.5", "seconds_sum 0.9"))
+
+
+def _ordered(latency: dict[str, Any]) -> bool:
+    return 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+
+
+# ---- corpus and pure helpers ---------------------------------------------------------------------
+def test_corpus_is_about_200_texts_of_5_to_100_words() -> None:
+    texts = load_corpus()
+    summary = describe(texts)
+    assert 180 <= summary["texts"] <= 220
+    assert summary["words_min"] >= 5 and summary["words_max"] <= 100
+    assert len(set(texts)) == len(texts)
+
+
+def test_spread_picks_from_shortest_to_longest() -> None:
+    texts = ["a b c d e", "a b c d e f g", "a b c d e f g h i j"]
+    assert spread(texts, 2) == [texts[0], texts[2]]
+    assert spread(texts, 5) == texts
+
+
+def test_prometheus_deltas_give_batch_size_and_padding() -> None:
+    figures = batch_metrics(parse_prometheus(METRICS_BEFORE), parse_prometheus(METRICS_AFTER))
+    assert figures == {"batches": 4, "mean_batch_size": 5.0, "padded_to_real": 1.25,
+                       "inference_s_mean_ms": 100.0}
+
+
+def test_latency_summary_is_ordered_and_empty_safe() -> None:
+    assert _ordered(latency_summary([0.001 * n for n in range(1, 101)]))
+    assert latency_summary([])["p50"] is None
+
+
+def test_backend_agreement_and_config_variants(tmp_path: Path) -> None:
+    assert backends.agreement([[0.9, 0.1], [0.2, 0.8]], [[0.6, 0.4], [0.7, 0.3]]) == \
+        {"label_agreement_pct": 50.0, "max_prob_diff": 0.5}
+    names = [v.name for v in backends.supported_variants()]
+    assert names[0] == backends.EAGER and "int8" in names
+    (tmp_path / "model-config.yaml").write_text("batchSize: 8\nhandler:\n  mode: sequence_classification\n")
+    variant = next(v for v in backends.supported_variants() if v.name == "int8")
+    written = variant.write_config(tmp_path, tmp_path / "int8.yaml").read_text()
+    assert "backend: int8" in written and "mode: sequence_classification" in written
+
+
+def test_derived_ratios_are_none_for_sections_that_did_not_run() -> None:
+    derived = report.derive({"limit": {"best_seq_per_s": 100.0, "single_forward_ms_median": 5.0}}, 32)
+    assert derived["server_over_limit"] is None
+    assert derived["targets"]["c1_p50_within_single_forward_plus_3ms"] is None
+
+
+def test_quick_settings_and_command_line() -> None:
+    args = build_parser().parse_args(["--quick", "--only", "limit,server", "--duration", "2"])
+    settings = settings_from_args(args)
+    assert settings.quick and settings.duration_s == 2 and settings.sections == ("limit", "server")
+    assert backends.COMPILE in Settings.quick_run().skip_backends
+    with pytest.raises(SystemExit):
+        settings_from_args(build_parser().parse_args(["--only", "nonsense"]))
+
+
+# ---- the load generator against a stand-in server ------------------------------------------------
+class _StandIn(BaseHTTPRequestHandler):
+    """Answers /predictions/ok with a label and /predictions/broken with a 503, keeping connections open."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status, body = (200, b"positive") if self.path.endswith("/ok") else (503, b'{"code": 503}')
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture()
+def stand_in() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_closed_loop_counts_answers_latency_and_errors(stand_in: str) -> None:
+    ok = [Request("/predictions/ok", text.encode()) for text in ("one", "two", "three")]
+    probes: list[int] = []
+    result = closed_loop(stand_in, ok, concurrency=4, duration_s=0.5, warmup_s=0.1,
+                         probe=lambda: probes.append(1) or len(probes))
+    assert result["requests"] > 0 and result["errors"] == 0
+    assert math.isclose(result["throughput_rps"], result["requests"] / 0.5, rel_tol=0.01)
+    assert _ordered(result["latency_ms"])
+    assert (result["probe_start"], result["probe_end"]) == (1, 2)
+    broken = closed_loop(stand_in, [Request("/predictions/broken", b"x")], concurrency=2, duration_s=0.3,
+                         warmup_s=0.0)
+    assert broken["requests"] == 0 and broken["errors"] > 0
+    assert broken["error_samples"][0].startswith("503")
+
+
+# ---- the in-process sections on tiny models ------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_report(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    models = ModelDirs(classifier=model_dirs["sequence_classification"],
+                       question_answering=model_dirs["question_answering"],
+                       generator=model_dirs["text_generation"], classifier_origin="tiny")
+    settings = Settings.quick_run(sections=("limit", "seed", "explanations"), inprocess_s=0.1,
+                                  batch_sizes=(1, 4, 8), explain_inputs=1, threads=1)
+    result = run_benchmark(settings, models, tmp_path_factory.mktemp("bench"))
+    return json.loads(json.dumps(result))  # the report must be plain JSON
+
+
+def test_report_has_meta_and_no_errors(tiny_report: dict[str, Any]) -> None:
+    assert "errors" not in tiny_report
+    meta = tiny_report["meta"]
+    assert meta["quick"] is True and meta["corpus"]["texts"] >= 180
+    assert meta["max_length"] == 64 and meta["batch_size"] == 8
+    assert set(tiny_report["section_seconds"]) == {"limit", "seed", "explanations"}
+    for cores in tiny_report["section_foreign_cpu_cores"].values():  # None only without psutil
+        assert cores is None or cores >= 0
+
+
+def test_limit_and_seed_way_figures_are_sane(tiny_report: dict[str, Any]) -> None:
+    limit = tiny_report["limit"]
+    assert set(limit["batch_sizes"]) == {"1", "4", "8"}
+    for figures in limit["batch_sizes"].values():
+        assert figures["seq_per_s"] > 0 and figures["forward_ms_median"] > 0
+        assert figures["padded_to_real"] >= 1
+    assert limit["batch_sizes"]["1"]["padded_to_real"] == 1.0  # a batch of one has no padding
+    assert limit["best_seq_per_s"] == limit["batch_sizes"][str(limit["best_batch_size"])]["seq_per_s"]
+    assert limit["single_forward_ms_median"] > 0 and limit["single_request_ms_median"] > 0
+    seed = tiny_report["seed_way"]
+    assert seed["seq_per_s"] > 0 and seed["padded_length"] == 64
+    assert tiny_report["derived"]["server_over_limit"] is None  # the server did not run
+
+
+def test_explanations_match_the_seeds_attributions(tiny_report: dict[str, Any]) -> None:
+    for mode in ("sequence_classification", "question_answering"):
+        figures = tiny_report["explanations"][mode]
+        assert figures["inputs"] == 1 and figures["n_steps"] == 50
+        assert figures["ours_ms_median"] > 0 and figures["seed_ms_median"] > 0 and figures["speedup"] > 0
+        assert figures["tokens_match"] is True
+        # Same method, baseline, target and steps: only the batching of the steps differs.
+        assert figures["cosine_min"] > 0.99
+
+
+def test_table_prints_every_section_that_ran(tiny_report: dict[str, Any]) -> None:
+    table = report.format_table(tiny_report)
+    assert "limit" in table and "seed's way" in table and "explanations" in table
+    assert "FAILED" not in table
+
+
+# ---- the server sections (a real predictor process: slow) ------------------------------------------
+@pytest.mark.slow
+def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    models = ModelDirs(classifier=model_dirs["sequence_classification"],
+                       question_answering=model_dirs["question_answering"],
+                       generator=model_dirs["text_generation"], classifier_origin="tiny")
+    settings = Settings.quick_run(sections=("server", "generation"), duration_s=2.0, warmup_s=0.5,
+                                  concurrencies=(1, 4), explain_inputs=1, generation_s=0.2, stream_requests=1,
+                                  max_new_tokens=4, threads=1)
+    result = json.loads(json.dumps(run_benchmark(settings, models, tmp_path)))
+    assert "errors" not in result, result.get("errors")
+    server = result["server"]
+    assert [(p["route"], p["concurrency"]) for p in server["phases"]] == \
+        [("predictions", 1), ("predictions", 4), ("v1", 4)]
+    for phase in server["phases"]:
+        assert phase["errors"] == 0 and phase["requests"] > 0 and _ordered(phase["latency_ms"])
+        batches = phase["batches"]
+        assert 1 <= batches["mean_batch_size"] <= 8 and batches["padded_to_real"] >= 1
+    assert server["rss_mb"]["after_warmup"] > 0 and math.isfinite(server["rss_mb"]["growth_pct"])
+    assert server["predictions_during_explanations"]["predictions"]["errors"] == 0
+    generation = result["generation"]
+    assert generation["inprocess"]["tokens_per_s"] > 0 and generation["server"]["tokens_per_s"] > 0
+    assert generation["server"]["errors"] == 0 and generation["stream"]["errors"] == 0
+    assert 0 < generation["stream"]["first_chunk_ms_median"] <= generation["stream"]["complete_ms_median"]
+    assert result["derived"]["p99_over_p50"] >= 1
