@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from models import build_encoder, build_gpt2
+from ports import free_ports
 
 STARTUP_TIMEOUT_S = 120.0  # six servers start at once on two cores
 STOP_TIMEOUT_S = 15.0
@@ -32,20 +32,6 @@ SERVERS: dict[str, tuple[str, dict[str, Any]]] = {
     # A sequence classifier that tests may break (model repository routes); nobody else uses it.
     "spare": ("sequence_classification", {}),
 }
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all sockets held open until every port is chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def build_model(dest: Path, mode: str, **kwargs: Any) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import psutil
 import pytest
 import yaml
 from models import build_encoder, build_gpt2
+from ports import free_ports
 
 STARTUP_TIMEOUT_S = 180.0  # many processes may import torch at once on two cores
 LOG_TAIL_LINES = 80
@@ -34,20 +34,6 @@ HEALTH_PATHS = ("/ping", "/v2/health/ready", "/v1/models/{name}", "/v2/models/{n
 SMALL_LIMITS = {"max_body_bytes": 2048, "max_instances": 4, "max_text_chars": 300}  # seq_limits_server
 GEN_QUEUE_SIZE = 4  # jobQueueSize of gen_queue_server
 GEN_TOKEN_CAP = 600  # handler.max_new_tokens_limit of gen_queue_server
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all sockets held open until every port is chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 # ---- models -------------------------------------------------------------------------------------------
