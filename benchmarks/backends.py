@@ -69,7 +69,8 @@ def applied(variant: str, runner: Any) -> bool:
 
 
 def measure_variant(model_dir: str, config_path: str, variant: str, texts: Sequence[str],
-                    sizes: Sequence[int], duration_s: float, threads: int, cache_dir: str) -> dict[str, Any]:
+                    sizes: Sequence[int], duration_s: float, threads: int, cache_dir: str,
+                    attempts: int = 3) -> dict[str, Any]:
     """Load through GeneralizedHandler with the variant's config and time its forward passes (child side)."""
     import torch
 
@@ -99,9 +100,10 @@ def measure_variant(model_dir: str, config_path: str, variant: str, texts: Seque
     per_size = {}
     for size in sizes:
         batches = padded_batches(task.tokenizer, texts, size, max_length)
-        loop = timed_loop(forward, batches, batch_rows, duration_s)
+        loop = timed_loop(forward, batches, batch_rows, duration_s, attempts=attempts)
         per_size[str(size)] = {"seq_per_s": round(loop.rows_per_s, 1),
-                               "forward_ms_median": round(loop.median_ms, 2)}
+                               "forward_ms_median": round(loop.median_ms, 2),
+                               "foreign_cpu_cores": loop.foreign_cpu_cores}
     result["batch_sizes"] = per_size
     with torch.inference_mode():
         probs = [torch.softmax(forward(b).float(), -1)
@@ -170,7 +172,7 @@ def _argmax(values: list[float]) -> int:
 
 def measure_backends(model_dir: Path, workdir: Path, texts: Sequence[str], *, reference: list[list[float]],
                      sizes: Sequence[int], duration_s: float, threads: int, timeout_s: float,
-                     skip: Sequence[str] = ()) -> dict[str, Any]:
+                     skip: Sequence[str] = (), attempts: int = 3) -> dict[str, Any]:
     """Every supported non-eager variant: throughput per batch size and agreement with `reference` (eager
     probabilities on the same texts, batches of 8); never raises for a variant."""
     results: dict[str, Any] = {}
@@ -184,7 +186,7 @@ def measure_backends(model_dir: Path, workdir: Path, texts: Sequence[str], *, re
         config_path = variant.write_config(model_dir, workdir / f"model-config.{variant.name}.yaml")
         kwargs = {"model_dir": str(model_dir), "config_path": str(config_path), "variant": variant.name,
                   "texts": list(texts), "sizes": list(sizes), "duration_s": duration_s, "threads": threads,
-                  "cache_dir": str(workdir / "cache")}
+                  "cache_dir": str(workdir / "cache"), "attempts": attempts}
         message = run_isolated(kwargs, timeout_s)
         if "error" in message:
             results[variant.name] = {"status": "unavailable", "error": message["error"]}

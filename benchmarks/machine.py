@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
+QUIET_CORES = 0.1  # other work below this many cores counts as a quiet machine
+
 
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (they count this benchmark's own processes too)."""
@@ -65,7 +67,8 @@ def foreign_cores(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float |
     return round(max(0.0, foreign) / (end.wall - start.wall), 2)
 
 
-def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 5.0) -> float | None:
+def wait_for_quiet(max_wait_s: float, threshold_cores: float = QUIET_CORES,
+                   window_s: float = 5.0) -> float | None:
     """Wait (at most max_wait_s) until other work uses under threshold_cores; the last reading."""
     deadline = time.monotonic() + max_wait_s
     reading = None

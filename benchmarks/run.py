@@ -70,6 +70,7 @@ class Settings:
     max_new_tokens: int = 32
     stream_requests: int = 5
     threads: int = 2
+    attempts: int = 3  # per in-process figure, when other work disturbed it
     sections: tuple[str, ...] = SECTIONS
 
     @classmethod
@@ -78,7 +79,7 @@ class Settings:
         values: dict[str, Any] = {"quick": True, "duration_s": 5.0, "warmup_s": 1.0, "inprocess_s": 0.75,
                                   "backend_sizes": (8,), "backend_timeout_s": 180.0,
                                   "skip_backends": (backends_module.COMPILE,), "explain_inputs": 1,
-                                  "generation_s": 2.0, "stream_requests": 2,
+                                  "generation_s": 2.0, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
                                                     if s not in ("server_variants", "backend_servers"))}
         return cls(**{**values, **overrides})
@@ -125,9 +126,10 @@ def measure_limit(run: Run) -> dict[str, Any]:
     """The eager model alone, per batch size; plus one text tokenised and run alone."""
     from benchmarks.inprocess import forward_sweep, single_request_ms
 
-    result = forward_sweep(run.classifier, run.texts, run.settings.batch_sizes, run.settings.inprocess_s)
-    result["single_request_ms_median"] = single_request_ms(run.classifier, run.texts,
-                                                           run.settings.inprocess_s)
+    s = run.settings
+    result = forward_sweep(run.classifier, run.texts, s.batch_sizes, s.inprocess_s, s.attempts)
+    result["single_request_ms_median"] = single_request_ms(run.classifier, run.texts, s.inprocess_s,
+                                                           s.attempts)
     return result
 
 
@@ -135,7 +137,7 @@ def measure_seed(run: Run) -> dict[str, Any]:
     """TorchServe's way: pad to max_length, one request per forward."""
     from benchmarks.inprocess import seed_way
 
-    return seed_way(run.classifier, run.texts, run.settings.inprocess_s)
+    return seed_way(run.classifier, run.texts, run.settings.inprocess_s, run.settings.attempts)
 
 
 def measure_backends(run: Run) -> dict[str, Any]:
@@ -149,7 +151,7 @@ def measure_backends(run: Run) -> dict[str, Any]:
     measured = backends_module.measure_backends(
         run.models.classifier, run.workdir, run.texts, reference=probabilities(run.classifier, run.texts),
         sizes=s.backend_sizes, duration_s=s.inprocess_s, threads=s.threads, timeout_s=s.backend_timeout_s,
-        skip=s.skip_backends)
+        skip=s.skip_backends, attempts=s.attempts)
     return {backends_module.EAGER: eager, **measured}
 
 

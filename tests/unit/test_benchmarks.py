@@ -147,7 +147,7 @@ def tiny_report(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFa
                        question_answering=model_dirs["question_answering"],
                        generator=model_dirs["text_generation"], classifier_origin="tiny")
     settings = Settings.quick_run(sections=("limit", "seed", "explanations"), inprocess_s=0.1,
-                                  batch_sizes=(1, 4, 8), explain_inputs=1, threads=1)
+                                  batch_sizes=(1, 4, 8), explain_inputs=1, threads=1, attempts=1)
     result = run_benchmark(settings, models, tmp_path_factory.mktemp("bench"))
     return json.loads(json.dumps(result))  # the report must be plain JSON
 
@@ -201,7 +201,7 @@ def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str
                        generator=model_dirs["text_generation"], classifier_origin="tiny")
     settings = Settings.quick_run(sections=("server", "generation"), duration_s=2.0, warmup_s=0.5,
                                   concurrencies=(1, 4), explain_inputs=1, generation_s=0.2, stream_requests=1,
-                                  max_new_tokens=4, threads=1)
+                                  max_new_tokens=4, threads=1, attempts=1)
     result = json.loads(json.dumps(run_benchmark(settings, models, tmp_path)))
     assert "errors" not in result, result.get("errors")
     server = result["server"]
