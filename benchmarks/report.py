@@ -69,8 +69,9 @@ def _phase_line(entry: Mapping[str, Any]) -> str:
     batches = entry.get("batches") or {}
     cpu = f"{_fmt(entry.get('server_cpu_cores'), digits=2)}/{_fmt(entry.get('client_cpu_cores'), digits=2)}"
     p50, p90, p99 = (_fmt(lat.get(q)) for q in ("p50", "p90", "p99"))
+    inside = _fmt(batches.get("server_request_ms_mean"))
     return (f"  {entry['route']:<11} c={entry['concurrency']:<3} {_fmt(entry.get('throughput_rps')):>7} req/s"
-            f"  p50 {p50:>7}  p90 {p90:>7}  p99 {p99:>7} ms"
+            f"  p50 {p50:>7}  p90 {p90:>7}  p99 {p99:>7} ms (in server {inside})"
             f"  err {entry.get('errors', 0)}  batch {_fmt(batches.get('mean_batch_size'), digits=2)}"
             f"  pad/real {_fmt(batches.get('padded_to_real'), digits=2)}  cpu srv/cli/other {cpu}/"
             f"{_fmt(entry.get('foreign_cpu_cores'), digits=2)}")

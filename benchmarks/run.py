@@ -42,11 +42,14 @@ SECTIONS = ("limit", "seed", "backends", "explanations", "server", "server_varia
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
-    """Full run only: the server with every core for torch, its OpenMP threads spinning or sleeping when idle
-    (the predictor's own choice, measured in `server`, is recorded there)."""
+    """Full run only: the server with every core for torch and its OpenMP threads spinning when idle,
+    sleeping at once, or spinning briefly (10k rounds) and then sleeping. The predictor's own choice
+    is measured in `server`, which records it."""
     threads = ("--intra_op_threads", str(cores))
     return {f"threads{cores}_spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, threads),
-            f"threads{cores}_passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, threads)}
+            f"threads{cores}_passive": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}, threads),
+            # libgomp: GOMP_SPINCOUNT takes precedence over OMP_WAIT_POLICY
+            f"threads{cores}_spin10k": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}, threads)}
 
 MODEL_NAME = "bench"
 GENERATOR_NAME = "gen"

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+# Label values may hold braces (route="/predictions/{model_name}"): match quoted strings whole.
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
 
 
 class ServerError(RuntimeError):
@@ -54,14 +55,23 @@ def batch_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> di
     def delta(name: str) -> float:
         return metric_sum(after, name) - metric_sum(before, name)
 
+    def inference_delta(suffix: str) -> float:  # predictor_request_seconds of the inference routes only
+        def total(samples: Mapping[str, float]) -> float:
+            return sum(v for k, v in samples.items() if k.startswith(f"predictor_request_seconds_{suffix}{{")
+                       and "predict" in k)
+        return total(after) - total(before)
+
     batches = delta("predictor_batch_size_count")
     real = delta("predictor_real_tokens_total")
     padded = delta("predictor_padded_tokens_total")
+    requests = inference_delta("count")
     return {"batches": int(batches),
             "mean_batch_size": round(delta("predictor_batch_size_sum") / batches, 2) if batches else None,
             "padded_to_real": round(padded / real, 3) if real else None,
             "inference_s_mean_ms": round(1000 * delta("predictor_inference_seconds_sum") / batches, 2)
-            if batches else None}
+            if batches else None,
+            "server_request_ms_mean": round(1000 * inference_delta("sum") / requests, 2)
+            if requests else None}
 
 
 def rss_bytes(pid: int) -> int:

@@ -34,11 +34,15 @@ predictor_real_tokens_total 100.0
 predictor_padded_tokens_total 120.0
 predictor_inference_seconds_sum 0.5
 predictor_inference_seconds_count 4.0
+predictor_request_seconds_count{route="/predictions/{model_name}"} 4.0
+predictor_request_seconds_sum{route="/predictions/{model_name}"} 0.04
+predictor_request_seconds_sum{route="/metrics"} 0.5
 """
 METRICS_AFTER = (METRICS_BEFORE.replace("count 4.0", "count 8.0").replace("_sum 10.0", "_sum 30.0")
                  .replace("real_tokens_total 100.0", "real_tokens_total 300.0")
                  .replace("padded_tokens_total 120.0", "padded_tokens_total 370.0")
-                 .replace("seconds_sum 0.5", "seconds_sum 0.9"))
+                 .replace("seconds_sum 0.5", "seconds_sum 0.9")
+                 .replace('"} 4.0', '"} 6.0').replace('model_name}"} 0.04', 'model_name}"} 0.06'))
 
 
 def _ordered(latency: dict[str, Any]) -> bool:
@@ -63,7 +67,7 @@ def test_spread_picks_from_shortest_to_longest() -> None:
 def test_prometheus_deltas_give_batch_size_and_padding() -> None:
     figures = batch_metrics(parse_prometheus(METRICS_BEFORE), parse_prometheus(METRICS_AFTER))
     assert figures == {"batches": 4, "mean_batch_size": 5.0, "padded_to_real": 1.25,
-                       "inference_s_mean_ms": 100.0}
+                       "inference_s_mean_ms": 100.0, "server_request_ms_mean": 10.0}
 
 
 def test_latency_summary_is_ordered_and_empty_safe() -> None:
