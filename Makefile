@@ -24,5 +24,8 @@ serve: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+bench: install
+	$(PY) -m benchmarks.run --out bench-results.json
+
 clean:
 	rm -rf $(VENV) demo-model .pytest_cache
