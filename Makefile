@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # the container installs the CUDA wheel instead (see Dockerfile).
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8080
+GRPC_PORT ?= 8081
 PYTEST_ARGS ?=
 
 .PHONY: install serve test bench clean
@@ -19,13 +20,13 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(PY) -m predictor demo --model_name demo --http_port $(PORT)
+	$(PY) -m predictor demo --model_name demo --http_port $(PORT) --grpc_port $(GRPC_PORT)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m benchmarks.run --out bench-results.json
+	$(PY) -m predictor bench --out bench-results.json
 
 clean:
 	rm -rf $(VENV) demo-model .pytest_cache

@@ -8,10 +8,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
-SUBCOMMANDS = ("serve", "demo", "demo-model", "import-mar")
+SUBCOMMANDS = ("serve", "demo", "demo-model", "import-mar", "bench")
 DEFAULT_MODEL_DIR = "/mnt/models"
 DEFAULT_DEMO_DIR = "demo-model"
 
@@ -25,6 +26,27 @@ The model directory holds a save_pretrained folder with tokenizer files and mode
 Routes: /v1/models/NAME:predict|:explain, /v2/models/NAME/infer, gRPC v2 on --grpc_port,
 TorchServe's /ping, /predictions/NAME[/VERSION], /explanations/NAME, OPTIONS /, and /metrics.
 """
+
+_BENCH_PARSER_TEXT = {
+    "usage": "%(prog)s [-h] [BENCHMARK FLAGS ...]",
+    "description": "Run the project's benchmark (benchmarks/run.py, see benchmarks/README.md) with its own flags.",
+    "epilog": """examples:
+  python -m predictor bench --quick                       # smoke run, about two minutes
+  python -m predictor bench --out bench-results.json      # full run, 10 to 15 minutes
+  python -m predictor bench --only limit,server --duration 10
+  python -m predictor bench --wait-idle 300 --out results.json
+
+Every flag after `bench` goes to the benchmark unchanged. The benchmark ships with the source
+checkout, not with the installed package: run it from a clone of the repository (make install).
+""",
+}
+_BENCH_UNAVAILABLE = ("the benchmarks package is not importable here (it ships with the source checkout, "
+                      "not the installed package): run `python -m predictor bench` from a clone of the "
+                      "repository after `pip install -e '.[test,demo]'`")
+
+
+class BenchmarkUnavailableError(ImportError):
+    """The benchmark cannot be imported here; the message says what to do."""
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local tokenizer folder, for archives that ship none (TorchServe fetched it from the hub)")
     mar.add_argument("--storage_uri", default=None, help="storageUri for the InferenceService (default: a placeholder)")
     mar.add_argument("--name", default=None, help="InferenceService name (default: the archive's model name)")
+    # Listed for --help only: main() hands `bench` its argv before parsing (see bench()).
+    _bench_arguments(sub.add_parser("bench", help="run the benchmark (source checkout only)", add_help=False,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter, **_BENCH_PARSER_TEXT))
+    return parser
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and the benchmark's flags")
+    parser.add_argument("flags", nargs=argparse.REMAINDER, metavar="BENCHMARK FLAGS",
+                        help="the benchmark's own flags (below), passed through unchanged")
     return parser
 
 
@@ -215,6 +247,50 @@ def import_mar(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_benchmark() -> ModuleType:
+    """benchmarks.run, from sys.path or else from the source checkout this predictor package sits in.
+
+    Raises:
+        BenchmarkUnavailableError: neither has it (an installed wheel), or a dependency of it is missing.
+    """
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[2]
+    try:
+        return importlib.import_module("benchmarks.run")
+    except ModuleNotFoundError as exc:
+        missing = exc
+    if missing.name in ("benchmarks", "benchmarks.run") and (checkout / "benchmarks" / "run.py").is_file():
+        sys.path.insert(0, str(checkout))  # an editable install maps only `predictor`; the benchmark sits next to it
+        try:
+            return importlib.import_module("benchmarks.run")
+        except ModuleNotFoundError as exc:
+            missing = exc
+    if missing.name in ("benchmarks", "benchmarks.run"):
+        raise BenchmarkUnavailableError(_BENCH_UNAVAILABLE) from missing
+    raise BenchmarkUnavailableError(f"the benchmark needs the module {missing.name!r}: "
+                                    "pip install -e '.[test,demo]' in the checkout") from missing
+
+
+def bench(argv: Sequence[str]) -> int:
+    """Run the benchmark with its own flags; 2 and one line on stderr where it cannot be imported."""
+    wants_help = argv[:1] in (["-h"], ["--help"])
+    if wants_help:
+        _bench_arguments(argparse.ArgumentParser(
+            prog="predictor bench", add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+            **_BENCH_PARSER_TEXT)).print_help()
+    try:
+        run = load_benchmark()
+    except BenchmarkUnavailableError as exc:
+        # A usage error, reported the way argparse reports them: the benchmark sets up its own logging.
+        sys.stderr.write(f"predictor bench: {exc}\n")
+        return 0 if wants_help else 2
+    if wants_help:
+        sys.stdout.write("\nthe benchmark's flags:\n\n" + run.build_parser().format_help())
+        return 0
+    return int(run.main(list(argv)))
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": serve, "demo": demo, "demo-model": build_demo, "import-mar": import_mar,
 }
@@ -223,6 +299,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `predictor` and `python -m predictor`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # before the serving set-up below, which would change what the benchmark measures
+        return bench(argv[1:])
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
     _offline_environment()
