@@ -58,8 +58,14 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="served version (default: the .mar's, then modelVersion in the config, then 1.0)")
     parser.add_argument("--load_retry_seconds", type=float, default=60.0,
                         help="keep retrying a failing model load this long, then exit 1 (default: %(default)s)")
-    parser.add_argument("--grace_period", type=int, default=30,
-                        help="seconds to drain in-flight and queued requests on SIGTERM (default: %(default)s)")
+    parser.add_argument("--grace_period", type=int, default=25,
+                        help="seconds from SIGTERM to exit: drain delay, then in-flight and queued requests "
+                             "finish; keep it a few seconds under the pod's terminationGracePeriodSeconds "
+                             "(Kubernetes' default: 30) (default: %(default)s)")
+    parser.add_argument("--drain_seconds", type=float, default=3.0,
+                        help="after SIGTERM, stay not-ready with the port open this long (new work: 503, "
+                             "Connection: close) so Kubernetes removes the pod from its endpoints and "
+                             "requests still arriving are answered; part of --grace_period (default: %(default)s)")
     parser.add_argument("--intra_op_threads", type=int, default=None,
                         help="torch threads per forward pass (default: from the container CPU limit)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
@@ -200,6 +206,7 @@ def serve(args: argparse.Namespace) -> int:
     model = TransformersModel(args.model_name, handler)
     options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                            grace_period_s=args.grace_period, load_retry_s=args.load_retry_seconds,
+                           drain_s=max(0.0, min(args.drain_seconds, args.grace_period / 2)),
                            max_threads=args.max_threads,
                            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     return PredictorServer(model, options).run(kserve.model_server.app, generation)

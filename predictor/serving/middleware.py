@@ -14,6 +14,7 @@ from predictor.errors import PayloadTooLargeError
 from predictor.serving import metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
+RETRY_AFTER_S = "1"
 TORCHSERVE_PREFIXES = ("/predictions/", "/explanations/")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -38,11 +39,17 @@ def _route_label(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Honours or creates X-Request-Id, returns it, caps the body size, counts requests."""
+    """Honours or creates X-Request-Id, returns it, caps the body size, counts requests.
 
-    def __init__(self, app: Any, max_body_bytes: Callable[[], int]) -> None:
+    Every 503 says when to retry (kserve's own ModelNotReady answers do not), and while the server
+    drains every answer closes its connection, so keep-alive clients reconnect to another replica
+    instead of sending into a socket that is about to close.
+    """
+
+    def __init__(self, app: Any, max_body_bytes: Callable[[], int], draining: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +75,8 @@ class RequestContextMiddleware:
                     status_holder["status"] = 413
                     return
                 receive = self._replay(buffered, receive)
-            await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder))
+            await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder,
+                                                                             self.draining))
         finally:
             route = _route_label(scope)
             metrics.REQUESTS.labels(route=route, status=str(status_holder["status"])).inc()
@@ -120,12 +128,18 @@ class RequestContextMiddleware:
         return wrapped
 
     @staticmethod
-    def _tagged(send: Send, request_id: str, status_holder: dict[str, int]) -> Send:
+    def _tagged(send: Send, request_id: str, status_holder: dict[str, int], draining: Callable[[], bool]) -> Send:
         async def wrapped(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 headers = [h for h in message.get("headers", []) if h[0].lower() != REQUEST_ID_HEADER]
-                message["headers"] = [*headers, (REQUEST_ID_HEADER, request_id.encode("latin-1"))]
+                headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+                names = {h[0].lower() for h in headers}
+                if message["status"] == 503 and b"retry-after" not in names:
+                    headers.append((b"retry-after", RETRY_AFTER_S.encode()))
+                if draining() and b"connection" not in names:
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         return wrapped

@@ -27,10 +27,10 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.serving.kserve_model import TransformersModel
-from predictor.serving.middleware import TORCHSERVE_PREFIXES, RequestContextMiddleware
+from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
-from predictor.serving.torchserve import RETRY_AFTER_S, register_torchserve_routes
+from predictor.serving.torchserve import register_torchserve_routes
 from predictor.serving.viewer import register_viewer_routes
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class ServeOptions:
     http_port: int = 8080
     grpc_port: int = 8081
     enable_grpc: bool = True
-    grace_period_s: int = 30
+    grace_period_s: int = 25
+    drain_s: float = 3.0
     load_retry_s: float = 60.0
     max_threads: int = 4
     cors_origins: tuple[str, ...] = ()
@@ -121,8 +122,9 @@ class PredictorServer:
         self.model = model
         self.options = options
         self.exit_code = 0
+        # The drain delay comes out of the grace period: SIGTERM to exit stays within grace_period_s.
         self.server = ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
-                                  enable_grpc=options.enable_grpc, grace_period=options.grace_period_s,
+                                  enable_grpc=options.enable_grpc, grace_period=self._shutdown_budget_s(),
                                   max_threads=options.max_threads, enable_docs_url=False)
         self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
         self.server.model_repository_extension = FixedModelRepository(self.server.registered_models)
@@ -131,7 +133,8 @@ class PredictorServer:
 
     def configure(self, app: FastAPI, generation: bool) -> None:
         """Our middleware, error handler and TorchServe routes, added before kserve adds its routes."""
-        app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes)
+        app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes,
+                           draining=lambda: self.model.draining)
         app.add_exception_handler(PredictorError, predictor_error_handler)
         app.add_exception_handler(RequestValidationError, validation_error_handler)
         app.add_exception_handler(StarletteHTTPException, http_error_handler)
@@ -157,13 +160,42 @@ class PredictorServer:
 
         app.router.lifespan_context = lifespan
 
+    def _shutdown_budget_s(self) -> int:
+        """Seconds left for uvicorn's and gRPC's own graceful shutdown once the drain delay is over."""
+        return max(1, int(self.options.grace_period_s - self.options.drain_s))
+
     def _max_body_bytes(self) -> int:
         return self.model.handler.config.limits.max_body_bytes if self.model.ready else Limits.max_body_bytes
 
     async def _on_startup(self) -> None:
         self._loader = threading.Thread(target=self._load, name="predictor-loader", daemon=True)
         self._loader.start()
-        asyncio.get_running_loop().create_task(self._drain_on_exit(), name="predictor-drain-watch")
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._drain_on_exit(), name="predictor-drain-watch")
+        uvicorn_server = self._uvicorn()
+        if uvicorn_server is not None and threading.current_thread() is threading.main_thread():
+            # uvicorn installed its handler (stop listening now) just before the lifespan started; ours
+            # first turns not-ready and keeps the port open for the drain delay, then hands over to it.
+            signal.signal(signal.SIGTERM, lambda sig, frame: self._on_sigterm(loop, uvicorn_server, sig))
+
+    def _uvicorn(self) -> Any:
+        return getattr(getattr(self.server, "_rest_server", None), "_server", None)
+
+    def _on_sigterm(self, loop: asyncio.AbstractEventLoop, uvicorn_server: Any, sig: int) -> None:
+        """First SIGTERM: drain for drain_s, then uvicorn's shutdown; a second one: shut down now.
+
+        During the delay readiness fails (so Kubernetes takes the pod out of its endpoints), a request
+        whose headers were still arriving is read and answered, new work gets 503 + Retry-After +
+        Connection: close, and in-flight and queued work goes on. Only then does uvicorn stop listening
+        and close idle connections.
+        """
+        if self.model.draining or not self.model.ready:
+            uvicorn_server.handle_exit(sig, None)  # second signal, or never served: nothing to drain
+            return
+        self.model.drain()
+        logger.info("SIGTERM: not ready; refusing new work for %.1fs before closing the port (grace period %ss)",
+                    self.options.drain_s, self.options.grace_period_s)
+        loop.call_soon_threadsafe(loop.call_later, self.options.drain_s, uvicorn_server.handle_exit, sig, None)
 
     def _load(self) -> None:
         """Load in the background so probes answer (not ready) meanwhile; retry, then exit non-zero."""
@@ -188,9 +220,8 @@ class PredictorServer:
             delay = min(delay * 2, 30.0)
 
     async def _drain_on_exit(self) -> None:
-        """When uvicorn starts its graceful shutdown (SIGTERM), turn not-ready and refuse new work."""
-        rest = self.server._rest_server
-        uvicorn_server = getattr(rest, "_server", None)
+        """When uvicorn starts its graceful shutdown (SIGINT, or after the drain delay), refuse new work."""
+        uvicorn_server = self._uvicorn()
         while uvicorn_server is not None and not uvicorn_server.should_exit:
             await asyncio.sleep(0.05)
         logger.info("shutting down: draining in-flight and queued requests (grace period %ss)",

@@ -26,11 +26,11 @@ from predictor.errors import (
 )
 from predictor.serving import payloads
 from predictor.serving.kserve_model import TransformersModel
+from predictor.serving.middleware import RETRY_AFTER_S
 
 logger = logging.getLogger(__name__)
 
 DETAILS_HEADER = "x-predictor-details"
-RETRY_AFTER_S = "1"
 
 # Our error -> (status, TorchServe exception type). TorchServe answers 503 "Prediction failed" for
 # bad input too; here bad input is a 400 that says what is wrong.

@@ -155,11 +155,6 @@ def test_predictions_while_not_ready_are_503(corrupt_start):
         assert "Traceback" not in response.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: while the model is not ready (loading, failed, draining) the KServe routes answer 503 without "
-    "Retry-After: kserve's own ModelNotReady handler answers them (v1 checks model_ready first, v2 "
-    "PredictorDataPlane.get_model raises kserve's ModelNotReady), while the TorchServe routes and overload "
-    "503s carry Retry-After: 1 (predictor/serving/server.py: register a ModelNotReady handler that adds it)"))
 def test_predictions_while_not_ready_say_when_to_retry(corrupt_start):
     missing = [route for route, r in corrupt_start.predictions.items() if "retry-after" not in r.headers]
     assert missing == []

@@ -128,13 +128,6 @@ def test_sigterm_during_load_loses_nothing_and_exits_zero(sigterm_server, seq_la
     assert exit_after <= server.grace_period_s, figures
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: at SIGTERM uvicorn stops listening and closes every connection whose request headers have not "
-    "all arrived (and every idle keep-alive connection) at once: a request begun before the SIGTERM gets "
-    "no answer, and under load a keep-alive client's next request is reset. Fix: on SIGTERM turn not-ready "
-    "and answer for a short drain delay (503 + Connection: close to new work) before starting uvicorn's "
-    "shutdown (predictor/serving/server.py _drain_on_exit); this is also the window Kubernetes needs to "
-    "take the pod out of its endpoints"))
 def test_request_begun_before_sigterm_is_answered(sigterm_slow_client_server):
     server: ServerProcess = sigterm_slow_client_server
     sock = socket.create_connection(("127.0.0.1", server.http_port), timeout=10)
@@ -154,3 +147,8 @@ def test_request_begun_before_sigterm_is_answered(sigterm_slow_client_server):
         sock.close()
     assert server.wait_exit(timeout=server.grace_period_s + 10) == 0
     assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 503")), f"no answer: {answer[:200]!r}"
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    # Refused while draining: the client is told to retry, and to do it on a new connection.
+    assert b"\r\nconnection: close" in head, head
+    if answer.startswith(b"HTTP/1.1 503"):
+        assert b"\r\nretry-after: " in head, head
