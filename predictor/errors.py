@@ -58,6 +58,10 @@ class InferenceTimeoutError(PredictorError):
     status = HTTPStatus.GATEWAY_TIMEOUT
 
 
+class RequestCancelledError(InferenceTimeoutError):
+    """Nobody waits for the answer any more (its timeout passed, or its client left): the work stopped."""
+
+
 class InferenceError(PredictorError):
     """The model failed while computing an answer; always raised `from` the original exception."""
 

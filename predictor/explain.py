@@ -8,14 +8,15 @@ concurrently on the model thread. The clone costs no weight memory and is built 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from predictor.errors import ExplanationUnavailableError, InvalidRequestError
+from predictor.errors import ExplanationUnavailableError, InvalidRequestError, RequestCancelledError
 from predictor.tasks.base import Explanation, Instance
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,31 @@ logger = logging.getLogger(__name__)
 # `getattr(model, embedding_name).embeddings`.
 _BASE_MODEL_ATTRS = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta_v2",
                      "xlm_roberta", "camembert", "mpnet", "longformer", "xlnet")  # fmt: skip
+
+
+# The instance each thread is explaining: the clone's forward hook stops work nobody waits for.
+_working = threading.local()
+
+
+def _stop_if_cancelled(module: torch.nn.Module, args: Any) -> None:
+    instance = getattr(_working, "instance", None)
+    if instance is not None and instance.cancelled:
+        raise RequestCancelledError("explanation given up (timed out or client gone): stopped")
+
+
+def _cancellable(explain: Callable[[Any, Instance], Explanation]) -> Callable[[Any, Instance], Explanation]:
+    """Lets the server stop this explanation between two forward passes of Integrated Gradients."""
+
+    @functools.wraps(explain)
+    def wrapped(task: Any, instance: Instance) -> Explanation:
+        _working.instance = instance
+        try:
+            _stop_if_cancelled(task.model.module, ())
+            return explain(task, instance)
+        finally:
+            _working.instance = None
+
+    return wrapped
 
 
 def _lig_class() -> Any:
@@ -82,6 +108,7 @@ class Explainer:
         self.device = task.model.device
         self.model = weight_sharing_clone(task.model.module)
         self.layer = embedding_layer(self.model, self.handler.embedding_name)
+        self.model.register_forward_pre_hook(_stop_if_cancelled)
         self.lig = _lig_class()(self._forward, self.layer)
         self.lock = threading.Lock()
 
@@ -151,6 +178,7 @@ def _logits(outputs: Any) -> torch.Tensor:
     return outputs.logits if hasattr(outputs, "logits") else outputs[0]
 
 
+@_cancellable
 def explain_sequence_classification(task: Any, instance: Instance) -> Explanation:
     """{"words", "importances", "delta", "target"}: attributions to the target class (default: predicted)."""
     ex = explainer_for(task)
@@ -163,6 +191,7 @@ def explain_sequence_classification(task: Any, instance: Instance) -> Explanatio
             "target": target, "label": task.label(target)}
 
 
+@_cancellable
 def explain_token_classification(task: Any, instance: Instance) -> Explanation:
     """Attributions to one token's label; by default to every predicted entity token (first one on top)."""
     ex = explainer_for(task)
@@ -194,6 +223,7 @@ def explain_token_classification(task: Any, instance: Instance) -> Explanation:
             "target": [targets[0][0], targets[0][1]], "entities": entities}
 
 
+@_cancellable
 def explain_question_answering(task: Any, instance: Instance) -> Explanation:
     """Attributions of question and context tokens to the answer's start and to its end, in one pass."""
     ex = explainer_for(task)
@@ -239,6 +269,7 @@ def _context_mask(ex: Explainer, enc: dict[str, torch.Tensor]) -> torch.Tensor:
     return mask & ~special
 
 
+@_cancellable
 def explain_text_generation(task: Any, instance: Instance) -> Explanation:
     """Prompt-token attributions to the continuation (target text, default the greedy continuation)."""
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -80,7 +82,8 @@ class InferenceQueue:
         if self._dispatcher is None or self._dispatcher.done():
             self._wakeup = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
-        jobs = [_Job(instance, loop.create_future()) for instance in instances]
+        cancel = threading.Event()
+        jobs = [_Job(_cancellable(instance, cancel), loop.create_future()) for instance in instances]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -89,6 +92,7 @@ class InferenceQueue:
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         except asyncio.TimeoutError as exc:
+            cancel.set()  # running: generation stops at its next token
             for future in futures:
                 future.cancel()  # still queued: skipped by the dispatcher, never computed
             raise InferenceTimeoutError(f"no answer within responseTimeout ({self.timeout_s:g}s)") from exc
@@ -137,13 +141,16 @@ class InferenceQueue:
         """Explanations, one at a time on the explanation thread, under the same timeout."""
         self._admit(len(instances))
         loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        cancellable = [_cancellable(i, cancel) for i in instances]
 
         def explain_all() -> list[Any]:
-            return [self.handler.explain(i) for i in instances]
+            return [self.handler.explain(i) for i in cancellable]
 
         try:
             return await asyncio.wait_for(loop.run_in_executor(self._explain_thread, explain_all), self.timeout_s)
         except asyncio.TimeoutError as exc:
+            cancel.set()  # stops the running explanation at its next forward pass
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
 
     async def stream(self, instance: Instance) -> AsyncIterator[str | StreamEnd]:
@@ -151,6 +158,8 @@ class InferenceQueue:
         self._admit(1)
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        instance = _cancellable(instance, cancel)
 
         def produce() -> None:
             try:
@@ -168,12 +177,18 @@ class InferenceQueue:
                     raise item
                 yield item
         finally:
+            if not producer.done():
+                cancel.set()  # the client left (or the stream failed): stop generating at the next token
             await asyncio.shield(producer)
 
     def shutdown(self) -> None:
         """Stop the worker threads once the queue is empty."""
         self._model_thread.shutdown(wait=False, cancel_futures=False)
         self._explain_thread.shutdown(wait=False, cancel_futures=False)
+
+
+def _cancellable(instance: Instance, cancel: threading.Event) -> Instance:
+    return dataclasses.replace(instance, cancel=cancel)
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, exc: BaseException | None = None) -> None:

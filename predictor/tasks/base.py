@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -43,6 +44,14 @@ class Instance:
     details: bool = False
     generation: GenerationParams | None = None
     n_steps: int | None = None  # Integrated Gradients steps asked for by an explanation request
+    # Set by the server once nobody waits for the answer (timeout, client gone): long work (generation,
+    # explanations) stops at its next step. Not part of the instance's value.
+    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the server gave up on this instance."""
+        return self.cancel is not None and self.cancel.is_set()
 
 
 @dataclass(frozen=True)

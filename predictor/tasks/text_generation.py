@@ -44,6 +44,16 @@ class StopInContinuation:
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+class StopWhenCancelled:
+    """Stops each row whose request was given up (timed out, client gone) at its next token."""
+
+    def __init__(self, instances: Sequence[Instance]) -> None:
+        self.instances = list(instances)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.tensor([i.cancelled for i in self.instances], device=input_ids.device)
+
+
 _PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
 _MAX_STOPS = 8
 
@@ -148,16 +158,21 @@ class TextGenerationTask(TaskBase):
             for n, inst in enumerate(batch)
         ]
 
-    def _generate_kwargs(self, params: GenerationParams, prompt_len: int) -> dict[str, Any]:
+    def _generate_kwargs(self, params: GenerationParams, prompt_len: int,
+                         instances: Sequence[Instance]) -> dict[str, Any]:
+        from transformers import StoppingCriteriaList
+
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
                                   "pad_token_id": self.tokenizer.pad_token_id}
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        criteria: list[Any] = []
         if params.stop:
-            from transformers import StoppingCriteriaList
-
-            kwargs["stopping_criteria"] = StoppingCriteriaList([StopInContinuation(self.tokenizer, params.stop,
-                                                                                   prompt_len)])
+            criteria.append(StopInContinuation(self.tokenizer, params.stop, prompt_len))
+        if any(i.cancel is not None for i in instances):
+            criteria.append(StopWhenCancelled(instances))
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         return kwargs
 
     def _inputs(self, batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -185,7 +200,8 @@ class TextGenerationTask(TaskBase):
             torch.manual_seed(params.seed)
         prompt_len = inputs["input_ids"].shape[1]
         with torch.inference_mode():
-            out = self.model.module.generate(**inputs, **self._generate_kwargs(params, prompt_len))
+            out = self.model.module.generate(**inputs, **self._generate_kwargs(
+                params, prompt_len, [e.instance for e in batch]))
         return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
 
     def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str, str]:
@@ -229,8 +245,8 @@ class TextGenerationTask(TaskBase):
                 torch.manual_seed(params.seed)
             try:
                 with torch.inference_mode():
-                    output.append(self.model.module.generate(**inputs, **self._generate_kwargs(params, prompt_len),
-                                                             streamer=streamer))
+                    output.append(self.model.module.generate(
+                        **inputs, **self._generate_kwargs(params, prompt_len, [instance]), streamer=streamer))
             except BaseException as exc:  # re-raised in the consumer below
                 failure.append(exc)
                 streamer.end()

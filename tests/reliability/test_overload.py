@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from reliability_servers import GEN_QUEUE_SIZE, ServerProcess, check_health_samples, expected_answer
+from reliability_servers import GEN_QUEUE_SIZE, ServerProcess, expected_answer
 
 pytestmark = pytest.mark.slow
 
@@ -108,19 +108,22 @@ def test_past_response_timeout_is_504_and_the_server_recovers(gen_timeout_server
         assert "responseTimeout" in response.text
         assert response.elapsed.total_seconds() < 10, "a timeout must answer at responseTimeout, not later"
 
-    # The timed-out generation still holds the model thread: the server says it is not ready until it ends.
-    time.sleep(0.3)  # past responseTimeout for certain: busy this long is "wedged" (unless already done)
-    wedged = [server.health()]
-    while not all(wedged[-1].ready):
-        assert server.proc.poll() is None, server.log_tail()
-        assert time.monotonic() - started < 120, "still wedged two minutes later"
-        time.sleep(0.2)
-        wedged.append(server.health())
-    not_ready, _ = check_health_samples(wedged, start_ready=False)
+    # The timed-out generation is cancelled at its next token: the model thread is free again at once,
+    # not after the ~5 s the full generation would take. A quick request right away proves it.
+    timed_out = time.monotonic()
+    first_quick = generation_item(QUICK_TOKENS, "Another day")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.request(**route_request("torchserve", server.name, first_quick))
+    freed_after = time.monotonic() - timed_out
+    assert response.status_code == 200, response.text
+    health = [server.health()]
     recovered = time.monotonic() - started
     with capsys.disabled():
         print(f"\ntimeouts: 504/504/500 in {max(r.elapsed.total_seconds() for r in responses):.1f}s; "
-              f"not ready (wedged) for {not_ready} probes, healthy again after {recovered:.1f}s")
+              f"next request answered {freed_after:.2f}s later (work cancelled); healthy {recovered:.1f}s "
+              f"after the burst")
+    assert freed_after < 2.5, "the timed-out generation kept the model thread busy: it was not cancelled"
+    assert all(health[0].ready), health
 
     quick = generation_item(QUICK_TOKENS, "The quick brown fox")
     expected = expected_answer(gen_core, quick)
@@ -131,3 +134,21 @@ def test_past_response_timeout_is_504_and_the_server_recovers(gen_timeout_server
         assert generated_text(route, response) == expected
     ping = httpx.get(server.url + "/ping", timeout=10)
     assert (ping.status_code, ping.json()) == (200, {"status": "Healthy"})
+
+
+def test_a_stream_whose_client_leaves_is_cancelled(gen_timeout_server, capsys):
+    server: ServerProcess = gen_timeout_server
+    item = generation_item(SLOW_TOKENS)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        with client.stream("POST", f"/predictions/{server.name}?stream=true", json=item) as response:
+            assert response.status_code == 200
+            first = next(response.iter_raw())  # the prompt: generation is running
+            assert first
+        left = time.monotonic()  # the connection is closed here, thousands of tokens before the end
+        # responseTimeout is 1 s: a request queued behind a generation that goes on would get a 500/504.
+        response = client.request(**route_request("torchserve", server.name, generation_item(QUICK_TOKENS)))
+    freed_after = time.monotonic() - left
+    with capsys.disabled():
+        print(f"\nstream client left: next request answered {freed_after:.2f}s later")
+    assert response.status_code == 200, response.text
+    assert freed_after < 2.5, "the abandoned stream kept generating"
