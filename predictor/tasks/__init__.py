@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from predictor.config import ModelConfig, TaskName
 from predictor.tasks.base import Encoded, Explanation, GenerationParams, Instance, Prediction, StreamEnd, Task
-from predictor.tasks.question_answering import QuestionAnsweringTask
-from predictor.tasks.sequence_classification import SequenceClassificationTask
-from predictor.tasks.text_generation import TextGenerationTask
-from predictor.tasks.token_classification import TokenClassificationTask
 
-TASKS: dict[TaskName, type[Any]] = {
-    TaskName.SEQUENCE_CLASSIFICATION: SequenceClassificationTask,
-    TaskName.TOKEN_CLASSIFICATION: TokenClassificationTask,
-    TaskName.QUESTION_ANSWERING: QuestionAnsweringTask,
-    TaskName.TEXT_GENERATION: TextGenerationTask,
+# Imported when a model of that mode loads: token classification pulls in transformers.pipelines
+# (about two seconds), which the other modes never need.
+TASKS: dict[TaskName, tuple[str, str]] = {
+    TaskName.SEQUENCE_CLASSIFICATION: ("predictor.tasks.sequence_classification", "SequenceClassificationTask"),
+    TaskName.TOKEN_CLASSIFICATION: ("predictor.tasks.token_classification", "TokenClassificationTask"),
+    TaskName.QUESTION_ANSWERING: ("predictor.tasks.question_answering", "QuestionAnsweringTask"),
+    TaskName.TEXT_GENERATION: ("predictor.tasks.text_generation", "TextGenerationTask"),
 }
+
+
+def task_class(mode: TaskName) -> type[Any]:
+    """The Task class of a handler mode."""
+    module, name = TASKS[mode]
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def build_task(model: Any, tokenizer: Any, config: ModelConfig, labels: list[str] | None) -> Task:
     """The Task for config.handler.mode, around a loaded model and tokenizer."""
-    task: Task = TASKS[config.handler.mode](model, tokenizer, config, labels)
+    task: Task = task_class(config.handler.mode)(model, tokenizer, config, labels)
     return task
 
 
 __all__ = ["TASKS", "Encoded", "Explanation", "GenerationParams", "Instance", "Prediction", "StreamEnd", "Task",
-           "build_task"]
+           "build_task", "task_class"]
