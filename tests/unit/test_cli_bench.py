@@ -16,8 +16,9 @@ TIMEOUT_S = 120
 
 def predictor(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m predictor ARGS` in a real process."""
-    return subprocess.run([sys.executable, "-m", "predictor", *args], cwd=cwd, env=env or dict(os.environ),
-                          capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "predictor", *args], check=False, cwd=cwd,
+                          env=env or dict(os.environ), capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def wheel_like_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import importlib.util, predictor; "
-                               "print(predictor.__file__); print(importlib.util.find_spec('benchmarks'))"],
+        [sys.executable, "-c", ("import importlib.util, predictor; "
+                                "print(predictor.__file__); print(importlib.util.find_spec('benchmarks'))")],
         cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
     package_file, benchmarks_spec = probe.stdout.split()
     assert Path(package_file).is_relative_to(site), "the copy must be the predictor that runs"
