@@ -31,6 +31,35 @@ def phase(report: Mapping[str, Any], route: str, concurrency: int) -> Mapping[st
     return None
 
 
+# Issue #8: a fast backend counts only if it keeps the answers on the benchmark corpus.
+AGREEMENT_MIN_PCT = 99.0
+MAX_PROB_DIFF = 1e-3
+
+
+def fastest_faithful_backend(report: Mapping[str, Any], top_concurrency: int) -> tuple[str, float] | None:
+    """The backend whose server served most at the top concurrency among those that keep the answers."""
+    best: tuple[str, float] | None = None
+    for name, entry in (report.get("backend_servers") or {}).items():
+        checked = _get(report, "backends", name) or {}
+        if (checked.get("label_agreement_pct") or 0) < AGREEMENT_MIN_PCT or \
+                (checked.get("max_prob_diff") if checked.get("max_prob_diff") is not None else 1) > MAX_PROB_DIFF:
+            continue
+        for p in entry.get("phases") or []:
+            rps = p.get("throughput_rps")
+            if p.get("concurrency") == top_concurrency and isinstance(rps, int | float) and \
+                    (best is None or rps > best[1]):
+                best = (name, rps)
+    return best
+
+
+def kserve_hf_phase(report: Mapping[str, Any], concurrency: int) -> Mapping[str, Any] | None:
+    """The re-created KServe HuggingFace runtime's phase at one concurrency, if it ran."""
+    for entry in _get(report, "kserve_hf", "phases") or []:
+        if entry.get("concurrency") == concurrency:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
 def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
     """Ratios and targets from the measured sections: None where a section did not run."""
     top = phase(report, "predictions", top_concurrency)
@@ -49,6 +78,14 @@ def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
         "generation_server_over_inprocess": _ratio(_get(report, "generation", "server", "tokens_per_s"),
                                                    _get(report, "generation", "inprocess", "tokens_per_s")),
     }
+    hf_top = _get(kserve_hf_phase(report, top_concurrency), "throughput_rps")
+    fastest = fastest_faithful_backend(report, top_concurrency)
+    ratios["v1_over_kserve_hf"] = _ratio(_get(v1, "throughput_rps"), hf_top)
+    ratios["predictions_over_kserve_hf"] = _ratio(_get(top, "throughput_rps"), hf_top)
+    ratios["fastest_backend"] = fastest[0] if fastest else None
+    ratios["fastest_backend_over_kserve_hf"] = _ratio(fastest[1], hf_top) if fastest else None
+    ratios["fastest_backend_over_seed"] = _ratio(fastest[1], _get(report, "seed_way", "seq_per_s")) \
+        if fastest else None
     targets = {"c1_p50_within_single_forward_plus_3ms": None if overhead is None
                else overhead <= C1_OVERHEAD_BUDGET_MS}
     return {"concurrency": top_concurrency, **ratios, "targets": targets}
@@ -181,11 +218,26 @@ def _explanation_lines(report: Mapping[str, Any]) -> list[str]:
 def _ratio_line(derived: Mapping[str, Any]) -> str:
     c = derived.get("concurrency")
     within = _fmt(_get(derived, "targets", "c1_p50_within_single_forward_plus_3ms"))
-    return (f"ratios   server c={c} / limit {_fmt(derived.get('server_over_limit'), digits=3)}   "
+    line = (f"ratios   server c={c} / limit {_fmt(derived.get('server_over_limit'), digits=3)}   "
             f"server c={c} / seed {_fmt(derived.get('server_over_seed'), digits=2)}   "
             f"p99/p50 c={c} {_fmt(derived.get('p99_over_p50'), digits=2)}   "
             f"c=1 p50 - single forward {_fmt(derived.get('c1_p50_minus_single_forward_ms'), ' ms', 2)} "
             f"(<= 3 ms: {within})")
+    if derived.get("v1_over_kserve_hf") is not None or derived.get("fastest_backend"):
+        line += (f"\n         v1 c={c} / KServe HF runtime {_fmt(derived.get('v1_over_kserve_hf'), digits=2)}   "
+                 f"fastest faithful backend ({derived.get('fastest_backend') or '-'}) / KServe HF runtime "
+                 f"{_fmt(derived.get('fastest_backend_over_kserve_hf'), digits=2)}, / seed "
+                 f"{_fmt(derived.get('fastest_backend_over_seed'), digits=2)}")
+    return line
+
+
+def _kserve_hf_lines(report: Mapping[str, Any]) -> list[str]:
+    hf = report.get("kserve_hf")
+    if not hf or "phases" not in hf:
+        return []
+    lines = [f"KServe HuggingFace runtime, re-created (benchmarks/kserve_hf.py; startup "
+             f"{_fmt(hf.get('startup_s'), ' s')}): one request per forward pass, on the event loop"]
+    return lines + [_phase_line(p) for p in hf["phases"]]
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -195,7 +247,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines = [f"predictor benchmark: {meta.get('model', '?')}, {meta.get('threads')} threads, {run} run; "
              f"other work on the machine: up to {_fmt(meta.get('foreign_cpu_cores_max'), ' cores', 2)} "
              f"in a section (0 is a clean run)"]
-    lines += _limit_lines(report) + _server_lines(report)
+    lines += _limit_lines(report) + _server_lines(report) + _kserve_hf_lines(report)
     if report.get("derived"):
         lines.append(_ratio_line(report["derived"]))
     lines += _variant_lines(report, "server_variants", "server variants (torch threads, OpenMP waiting)")

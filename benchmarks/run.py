@@ -37,8 +37,8 @@ from benchmarks.server_process import ServerError, ServerProcess, batch_metrics 
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("limit", "seed", "backends", "explanations", "server", "server_variants", "backend_servers",
-            "generation")
+SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "server_variants",
+            "backend_servers", "generation")
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
@@ -84,7 +84,8 @@ class Settings:
                                   "skip_backends": (backends_module.COMPILE,), "explain_inputs": 1,
                                   "generation_s": 2.0, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
-                                                    if s not in ("server_variants", "backend_servers"))}
+                                                    if s not in ("server_variants", "backend_servers",
+                                                                 "kserve_hf"))}
         return cls(**{**values, **overrides})
 
 
@@ -273,6 +274,21 @@ def measure_server_variants(run: Run) -> dict[str, Any]:
             for name, (env, args) in server_variants(run.settings.threads).items()}
 
 
+def measure_kserve_hf(run: Run) -> dict[str, Any]:
+    """KServe's HuggingFace runtime (re-created: benchmarks/kserve_hf.py) on the same model and texts, v1."""
+    from benchmarks.kserve_hf import KServeHFProcess
+
+    s = run.settings
+    requests = prediction_requests(run.texts, MODEL_NAME)["v1"]
+    server = KServeHFProcess(run.models.classifier, MODEL_NAME, run.workdir / "server.kserve_hf.log")
+    result: dict[str, Any] = {"startup_s": server.start(), "command": " ".join(server.command()[1:])}
+    try:
+        result["phases"] = [_phase(server, "v1", requests, c, s) for c in s.concurrencies]
+    finally:
+        server.stop()
+    return result
+
+
 def measure_generation(run: Run) -> dict[str, Any]:
     """Tiny GPT-2: tokens/s in process and through the server at concurrency 1; streaming latency."""
     from benchmarks import generation
@@ -331,6 +347,7 @@ def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
     run.section("backends", lambda: measure_backends(run))
     run.section("explanations", lambda: measure_explanations(run))
     run.section("server", lambda: measure_server(run))
+    run.section("kserve_hf", lambda: measure_kserve_hf(run))
     run.section("server_variants", lambda: measure_server_variants(run))
     run.section("backend_servers", lambda: measure_backend_servers(run))
     run.section("generation", lambda: measure_generation(run))

@@ -100,6 +100,8 @@ def cpu_seconds(pid: int) -> float:
 class ServerProcess:
     """`python -m predictor --model_name NAME --model_dir DIR` with its log in a file; a context manager."""
 
+    ready_path_template = "/ping"
+
     def __init__(self, model_dir: Path, name: str, log_path: Path, *, config_path: Path | None = None,
                  extra_args: Sequence[str] = (), extra_env: Mapping[str, str] | None = None,
                  cache_dir: Path | None = None) -> None:
@@ -136,23 +138,26 @@ class ServerProcess:
             cmd += ["--model_config", str(self.config_path)]
         return cmd + self.extra_args
 
+    def environment(self) -> dict[str, str]:
+        """The server's environment: offline, the benchmark's cache, the variant's extra variables."""
+        return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PREDICTOR_CACHE_DIR": str(self.cache_dir), **self.extra_env}
+
     def start(self, timeout_s: float = 180.0) -> float:
-        """Start and wait for /ping to say Healthy; the seconds that took. ServerError with the log if not."""
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "PREDICTOR_CACHE_DIR": str(self.cache_dir),
-               **self.extra_env}
+        """Start and wait for the readiness route to answer 200; the seconds that took. ServerError if not."""
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log,
+            self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.environment(), stdout=log,
                                             stderr=subprocess.STDOUT)
+        ready_url = self.base_url + self.ready_path_template.format(name=self.name)
         deadline = started + timeout_s
         with httpx.Client(timeout=2.0) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
-                    raise ServerError(f"the predictor exited with {self.process.returncode}:\n"
+                    raise ServerError(f"the server exited with {self.process.returncode}:\n"
                                       f"{self.log_tail()}")
                 try:
-                    if client.get(f"{self.base_url}/ping").status_code == 200:
+                    if client.get(ready_url).status_code == 200:
                         self.startup_s = round(time.perf_counter() - started, 2)
                         return self.startup_s
                 except httpx.TransportError:

@@ -203,7 +203,7 @@ def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str
     models = ModelDirs(classifier=model_dirs["sequence_classification"],
                        question_answering=model_dirs["question_answering"],
                        generator=model_dirs["text_generation"], classifier_origin="tiny")
-    settings = Settings.quick_run(sections=("server", "generation"), duration_s=2.0, warmup_s=0.5,
+    settings = Settings.quick_run(sections=("server", "kserve_hf", "generation"), duration_s=2.0, warmup_s=0.5,
                                   concurrencies=(1, 4), explain_inputs=1, generation_s=0.2, stream_requests=1,
                                   max_new_tokens=4, threads=1, attempts=1)
     result = json.loads(json.dumps(run_benchmark(settings, models, tmp_path)))
@@ -222,3 +222,47 @@ def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str
     assert generation["server"]["errors"] == 0 and generation["stream"]["errors"] == 0
     assert 0 < generation["stream"]["first_chunk_ms_median"] <= generation["stream"]["complete_ms_median"]
     assert result["derived"]["p99_over_p50"] >= 1
+    hf = result["kserve_hf"]
+    assert [(p["route"], p["concurrency"]) for p in hf["phases"]] == [("v1", 1), ("v1", 4)]
+    assert all(p["errors"] == 0 and p["requests"] > 0 for p in hf["phases"])
+    assert result["derived"]["v1_over_kserve_hf"] > 0
+
+
+def test_the_recreated_kserve_runtime_answers_the_models_argmax(tmp_path: Path) -> None:
+    import asyncio
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.kserve_hf import HuggingFaceRuntimeEncoder
+    from benchmarks.models import build_classifier
+
+    path = build_classifier(tmp_path / "minilm")  # the benchmark's MiniLM (the tiny model answers one class)
+    runtime = HuggingFaceRuntimeEncoder.model("bench", path)
+    runtime.load()
+    texts = load_corpus()[:24]  # one request: padded together, as the runtime does
+    answer, _ = asyncio.run(runtime({"instances": texts}))
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with torch.no_grad():
+        expected = [int(model(**tokenizer(t, return_tensors="pt")).logits.argmax()) for t in texts]
+    assert len(set(expected)) > 1, "a model that answers one class everywhere proves nothing"
+    assert answer == {"predictions": expected}
+
+
+def test_fastest_backend_counts_only_backends_that_keep_the_answers() -> None:
+    def served(rps: float) -> dict[str, Any]:
+        return {"phases": [{"concurrency": 32, "throughput_rps": rps}]}
+
+    measured = {
+        "seed_way": {"seq_per_s": 50.0},
+        "kserve_hf": {"phases": [{"route": "v1", "concurrency": 32, "throughput_rps": 100.0}]},
+        "backends": {"onnx": {"label_agreement_pct": 100.0, "max_prob_diff": 0.0},
+                     "int8": {"label_agreement_pct": 95.5, "max_prob_diff": 0.2}},
+        "backend_servers": {"onnx": served(250.0), "int8": served(300.0)},
+    }
+    derived = report.derive(measured, 32)
+    assert derived["fastest_backend"] == "onnx"
+    assert derived["fastest_backend_over_kserve_hf"] == 2.5 and derived["fastest_backend_over_seed"] == 5.0
+    measured["backends"]["int8"] = {"label_agreement_pct": 99.5, "max_prob_diff": 0.0005}
+    assert report.derive(measured, 32)["fastest_backend"] == "int8"
