@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from http_servers import ServerProcess
 from ports import free_ports
-from readme_commands import Command, answer_difference, shape_difference
+from readme_commands import Command, check_answer, shape_difference
 
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix)
@@ -278,40 +278,6 @@ def run_sampled_curl(prompt: str) -> Callable[[DocRun, Command], None]:
         assert difference is None, difference
 
     return action
-
-
-# A trailing comment that describes the answer instead of showing it: what it promises, checked.
-def _words_and_importances(body: str) -> str | None:
-    [explanation] = json.loads(body)["explanations"]
-    words, importances = explanation["words"], explanation["importances"]
-    ok = words and len(words) == len(importances) and all(isinstance(v, float) for v in importances)
-    return None if ok else f"expected words and one importance per word, got {explanation}"
-
-
-DESCRIBED_ANSWERS: dict[str, Callable[[str], str | None]] = {
-    "words + importances": _words_and_importances,
-}
-
-
-def check_answer(expected: str, got: str, *, from_console: bool) -> None:
-    """The output matches what the document shows: a console block's lines, or a trailing `# answer`
-    comment (JSON, a single word, or a description in DESCRIBED_ANSWERS)."""
-    if from_console or _is_json(expected) or len(expected.split()) == 1:
-        difference = answer_difference(expected, got)
-    elif expected in DESCRIBED_ANSWERS:
-        difference = DESCRIBED_ANSWERS[expected](got)
-    else:
-        raise AssertionError(f"cannot tell what the comment `# {expected}` expects: show the answer "
-                             "(JSON or one word) or add the description to DESCRIBED_ANSWERS")
-    assert difference is None, difference
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_synopsis(doc: DocRun, command: Command) -> None:

@@ -23,7 +23,6 @@ from doc_runs import (
     Outcome,
     Sandbox,
     Step,
-    check_answer,
     on_port,
     plan,
     run_make_recipe,
@@ -31,7 +30,14 @@ from doc_runs import (
 )
 from models import build_encoder, build_mar
 from ports import free_ports
-from readme_commands import Command, answer_difference, parse_commands, parse_file, split_comment
+from readme_commands import (
+    Command,
+    answer_difference,
+    check_answer,
+    parse_commands,
+    parse_file,
+    split_comment,
+)
 
 README = REPO / "README.md"
 COMMANDS = parse_file(README, REPO)
