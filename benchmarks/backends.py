@@ -55,7 +55,7 @@ def applied(variant: str, runner: Any) -> bool:
     """Whether the loaded runner shows the variant took effect (the loader may fall back to eager)."""
     import torch
 
-    from predictor.artifacts import ModelRunner
+    from predictor.loading import ModelRunner
 
     module = getattr(runner, "module", None)
     if variant == "int8":

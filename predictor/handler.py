@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from predictor import artifacts
+from predictor import artifacts, loading
 from predictor.batching import BatchItem, plan_batches
 from predictor.config import ModelConfig, TaskName
 from predictor.devices import DevicePlan, detect_device
@@ -82,7 +82,7 @@ class GeneralizedHandler:
         handler = config.handler
         plan = detect_device(handler.device, handler.dtype, handler.model_parallel)
         tokenizer = artifacts.load_tokenizer(source.path, config)
-        runner = artifacts.load_model(source, config, plan, self.cache_dir)
+        runner = loading.load_model(source, config, plan, self.cache_dir)
         labels = None
         if handler.mode in (TaskName.SEQUENCE_CLASSIFICATION, TaskName.TOKEN_CLASSIFICATION):
             labels = artifacts.load_labels(source.path, getattr(runner.config, "id2label", None))

@@ -196,7 +196,7 @@ class TaskBase:
     name: ClassVar[TaskName]
 
     def __init__(self, model: Any, tokenizer: Any, config: ModelConfig, labels: list[str] | None) -> None:
-        self.model = model  # predictor.artifacts.ModelRunner
+        self.model = model  # predictor.loading.ModelRunner
         self.tokenizer = tokenizer
         self.config = config
         self.handler = config.handler

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from models import SEQ_LABELS, TOKEN_LABELS, build_encoder, build_mar
 
-from predictor.artifacts import ModelSource, load_labels, parse_labels, resolve_model_source, torchscript_file
+from predictor.artifacts import ModelSource, load_labels, parse_labels, resolve_model_source
+from predictor.loading import torchscript_file
 from predictor.errors import ConfigError
 from predictor.handler import GeneralizedHandler
 
