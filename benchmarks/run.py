@@ -37,19 +37,19 @@ from benchmarks.server_process import ServerError, ServerProcess, batch_metrics 
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "server_variants",
+SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "soak", "server_variants",
             "backend_servers", "generation")
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
     """Full run only: the server with every core for torch and its OpenMP threads spinning when idle,
-    sleeping at once, or spinning briefly (10k rounds) and then sleeping. The predictor's own choice
+    sleeping at once, or spinning briefly (10k rounds) and then sleeping (--openmp_wait short-spin). The predictor's own choice
     is measured in `server`, which records it."""
     threads = ("--intra_op_threads", str(cores))
     return {f"threads{cores}_spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, threads),
             f"threads{cores}_passive": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}, threads),
-            # libgomp: GOMP_SPINCOUNT takes precedence over OMP_WAIT_POLICY
-            f"threads{cores}_spin10k": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}, threads)}
+            # the predictor's --openmp_wait short-spin: GOMP_SPINCOUNT=10000, then sleep
+            f"threads{cores}_short_spin": ({}, (*threads, "--openmp_wait", "short-spin"))}
 
 MODEL_NAME = "bench"
 GENERATOR_NAME = "gen"
@@ -72,6 +72,8 @@ class Settings:
     generation_s: float = 8.0
     max_new_tokens: int = 32
     stream_requests: int = 5
+    soak_s: float = 300.0  # memory over a long load at the top concurrency
+    soak_chunk_s: float = 30.0  # one RSS sample per chunk
     threads: int = 2
     attempts: int = 3  # per in-process figure, when other work disturbed it
     sections: tuple[str, ...] = SECTIONS
@@ -85,7 +87,7 @@ class Settings:
                                   "generation_s": 2.0, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
                                                     if s not in ("server_variants", "backend_servers",
-                                                                 "kserve_hf"))}
+                                                                 "kserve_hf", "soak"))}
         return cls(**{**values, **overrides})
 
 
@@ -289,6 +291,32 @@ def measure_kserve_hf(run: Run) -> dict[str, Any]:
     return result
 
 
+def measure_soak(run: Run) -> dict[str, Any]:
+    """A fresh server under the top concurrency for soak_s: RSS after each chunk, growth after warm-up."""
+    s = run.settings
+    requests = prediction_requests(run.texts, MODEL_NAME)["predictions"]
+    top = max(s.concurrencies)
+    server = ServerProcess(run.models.classifier, MODEL_NAME, run.workdir / "server.soak.log")
+    server.start()
+    try:
+        closed_loop(server.base_url, requests, concurrency=top, duration_s=s.soak_chunk_s / 3, warmup_s=0)
+        rss = [server.rss_bytes() / 2**20]  # after warm-up: the steady state
+        served = errors = 0
+        chunks = max(1, round(s.soak_s / s.soak_chunk_s))
+        for _ in range(chunks):
+            chunk = closed_loop(server.base_url, requests, concurrency=top, duration_s=s.soak_chunk_s, warmup_s=0)
+            served += chunk["requests"]
+            errors += chunk["errors"]
+            rss.append(server.rss_bytes() / 2**20)
+    finally:
+        server.stop()
+    return {"concurrency": top, "duration_s": chunks * s.soak_chunk_s, "requests": served, "errors": errors,
+            "throughput_rps": round(served / (chunks * s.soak_chunk_s), 2),
+            "rss_mb": [round(v, 1) for v in rss],
+            "rss_growth_pct": round(100 * (rss[-1] - rss[0]) / rss[0], 2),
+            "rss_max_growth_pct": round(100 * (max(rss) - rss[0]) / rss[0], 2)}
+
+
 def measure_generation(run: Run) -> dict[str, Any]:
     """Tiny GPT-2: tokens/s in process and through the server at concurrency 1; streaming latency."""
     from benchmarks import generation
@@ -348,6 +376,7 @@ def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
     run.section("explanations", lambda: measure_explanations(run))
     run.section("server", lambda: measure_server(run))
     run.section("kserve_hf", lambda: measure_kserve_hf(run))
+    run.section("soak", lambda: measure_soak(run))
     run.section("server_variants", lambda: measure_server_variants(run))
     run.section("backend_servers", lambda: measure_backend_servers(run))
     run.section("generation", lambda: measure_generation(run))

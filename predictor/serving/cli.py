@@ -68,6 +68,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "requests still arriving are answered; part of --grace_period (default: %(default)s)")
     parser.add_argument("--intra_op_threads", type=int, default=None,
                         help="torch threads per forward pass (default: from the container CPU limit)")
+    parser.add_argument("--openmp_wait", choices=["passive", "short-spin"],
+                        default=os.environ.get("PREDICTOR_OPENMP_WAIT", "passive"),
+                        help="how idle torch threads wait: 'passive' sleeps at once (safe on shared cores); "
+                             "'short-spin' spins briefly first: faster on dedicated cores, much slower when "
+                             "other processes share them (default: %(default)s)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
                         help="comma-separated origins allowed to call this server from a browser "
                              "(e.g. 'null' for the viewer opened from disk); off by default")
@@ -311,9 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
     _offline_environment()
-    from predictor.serving.cpu import passive_openmp_wait
-
-    passive_openmp_wait()
     args = build_parser().parse_args(argv)
+    from predictor.serving.cpu import openmp_wait
+
+    try:
+        openmp_wait(getattr(args, "openmp_wait", "passive"))  # before anything imports torch
+    except ValueError as exc:  # PREDICTOR_OPENMP_WAIT set to something else
+        sys.stderr.write(f"predictor: {exc}\n")
+        return 2
     configure_logging(getattr(args, "log_level", "INFO"))
     return _COMMANDS[args.command](args)

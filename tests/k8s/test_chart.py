@@ -133,6 +133,15 @@ def test_digest_pins_the_image_and_drops_its_checkov_skip(helm: Helm) -> None:
         assert not any(v.startswith("CKV_K8S_43=") for v in obj["metadata"].get("annotations", {}).values())
 
 
+def test_openmp_wait_reaches_the_predictor(helm: Helm) -> None:
+    def wait_env(source: Source) -> str:
+        env = {e["name"]: e.get("value") for e in runtime_container(source.one("ServingRuntime"))["env"]}
+        return str(env["PREDICTOR_OPENMP_WAIT"])
+
+    assert wait_env(helm.render()) == "passive"
+    assert wait_env(helm.render(sets=["server.openmpWait=short-spin"])) == "short-spin"
+
+
 def test_cluster_scoped_runtime(helm: Helm) -> None:
     source = helm.render(sets=["runtime.clusterScoped=true"])
     runtime = source.one("ClusterServingRuntime")
@@ -176,6 +185,7 @@ def test_network_policy_admits_only_the_serving_ports(renders: dict[str, Source]
         (["fullnameOverride=Bert"], "must start with a letter"),
         (["modelConfig.mountPath=/etc/predictor/"], "/modelConfig/mountPath"),
         (["gpu.count=-1"], "/gpu/count"),
+        (["server.openmpWait=active"], "/server/openmpWait"),
     ],
 )
 def test_bad_values_fail_at_render_time(sets: list[str], message: str, helm: Helm) -> None:
