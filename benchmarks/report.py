@@ -231,6 +231,17 @@ def _ratio_line(derived: Mapping[str, Any]) -> str:
     return line
 
 
+def _soak_lines(report: Mapping[str, Any]) -> list[str]:
+    soak = report.get("soak")
+    if not soak or "rss_mb" not in soak:
+        return []
+    rss = soak["rss_mb"]
+    return [f"soak: c={soak['concurrency']} for {soak['duration_s']:.0f} s, {soak['requests']} answered "
+            f"({_fmt(soak.get('throughput_rps'))} req/s), {soak['errors']} errors; RSS {rss[0]:.0f} MB after "
+            f"warm-up -> {rss[-1]:.0f} MB ({_fmt(soak.get('rss_growth_pct'), ' %', 2)}; max "
+            f"{_fmt(soak.get('rss_max_growth_pct'), ' %', 2)})"]
+
+
 def _kserve_hf_lines(report: Mapping[str, Any]) -> list[str]:
     hf = report.get("kserve_hf")
     if not hf or "phases" not in hf:
@@ -247,7 +258,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines = [f"predictor benchmark: {meta.get('model', '?')}, {meta.get('threads')} threads, {run} run; "
              f"other work on the machine: up to {_fmt(meta.get('foreign_cpu_cores_max'), ' cores', 2)} "
              f"in a section (0 is a clean run)"]
-    lines += _limit_lines(report) + _server_lines(report) + _kserve_hf_lines(report)
+    lines += _limit_lines(report) + _server_lines(report) + _kserve_hf_lines(report) + _soak_lines(report)
     if report.get("derived"):
         lines.append(_ratio_line(report["derived"]))
     lines += _variant_lines(report, "server_variants", "server variants (torch threads, OpenMP waiting)")

@@ -203,7 +203,8 @@ def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str
     models = ModelDirs(classifier=model_dirs["sequence_classification"],
                        question_answering=model_dirs["question_answering"],
                        generator=model_dirs["text_generation"], classifier_origin="tiny")
-    settings = Settings.quick_run(sections=("server", "kserve_hf", "generation"), duration_s=2.0, warmup_s=0.5,
+    settings = Settings.quick_run(sections=("server", "kserve_hf", "soak", "generation"), duration_s=2.0,
+                                  warmup_s=0.5, soak_s=1.0, soak_chunk_s=0.5,
                                   concurrencies=(1, 4), explain_inputs=1, generation_s=0.2, stream_requests=1,
                                   max_new_tokens=4, threads=1, attempts=1)
     result = json.loads(json.dumps(run_benchmark(settings, models, tmp_path)))
@@ -226,6 +227,9 @@ def test_server_and_generation_sections_report_sane_figures(model_dirs: dict[str
     assert [(p["route"], p["concurrency"]) for p in hf["phases"]] == [("v1", 1), ("v1", 4)]
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in hf["phases"])
     assert result["derived"]["v1_over_kserve_hf"] > 0
+    soak = result["soak"]
+    assert soak["errors"] == 0 and soak["requests"] > 0 and len(soak["rss_mb"]) == 3
+    assert soak["rss_max_growth_pct"] >= soak["rss_growth_pct"]
 
 
 def test_the_recreated_kserve_runtime_answers_the_models_argmax(tmp_path: Path) -> None:
