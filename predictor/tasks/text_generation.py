@@ -44,6 +44,44 @@ class StopInContinuation:
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+def token_streamer(tokenizer: Any) -> Any:
+    """A TextIteratorStreamer that hands out each token's text as soon as it is whole characters.
+
+    transformers' own streamer holds text back until a space (or a newline) arrives, so a continuation
+    without one (code, many scripts, small models) only arrived at the very end. Incremental decoding
+    with a prefix window (as text-generation-inference does) keeps each step O(1) and holds back only an
+    incomplete UTF-8 sequence (U+FFFD). The pieces concatenate to the decoded continuation.
+    """
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.window = (0, 0)  # (prefix start, read offset) into token_cache
+
+        def _pending(self) -> tuple[str, str]:
+            start, read = self.window
+            return (self.tokenizer.decode(self.token_cache[start:read], **self.decode_kwargs),
+                    self.tokenizer.decode(self.token_cache[start:], **self.decode_kwargs))
+
+        def put(self, value: torch.Tensor) -> None:
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.reshape(-1).tolist())
+            seen, text = self._pending()
+            if len(text) > len(seen) and not text.endswith("\ufffd"):
+                self.on_finalized_text(text[len(seen):])
+                self.window = (self.window[1], len(self.token_cache))
+
+        def end(self) -> None:
+            seen, text = self._pending()
+            self.token_cache, self.window, self.next_tokens_are_prompt = [], (0, 0), True
+            self.on_finalized_text(text[len(seen):] if len(text) > len(seen) else "", stream_end=True)
+
+    return TokenStreamer()
+
+
 class StopWhenCancelled:
     """Stops each row whose request was given up (timed out, client gone) at its next token."""
 
@@ -230,11 +268,9 @@ class TextGenerationTask(TaskBase):
 
         The text pieces concatenate to the non-streamed answer.
         """
-        from transformers import TextIteratorStreamer
-
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = token_streamer(self.tokenizer)
         inputs = self._inputs([enc])
         prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []

@@ -102,3 +102,4 @@ def test_cancellation_is_not_part_of_an_instances_value(handlers: dict[str, Gene
     handler = handlers["sequence_classification"]
     instance = handler.parse("the food was good")
     assert dataclasses.replace(instance, cancel=threading.Event()) == instance
+

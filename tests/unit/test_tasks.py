@@ -864,3 +864,29 @@ def test_lone_surrogates_are_an_invalid_request(handlers: dict[str, GeneralizedH
     raw = json.dumps(sample(mode, "broken \ud800 text"))  # JSON escapes it as \ud800, as a client may send
     with pytest.raises(InvalidRequestError):
         handler.predict([handler.parse(raw)])
+
+
+def test_the_stream_hands_out_each_tokens_text_without_waiting_for_a_space(
+        model_dirs: dict[str, Any]) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from predictor.tasks.text_generation import token_streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["text_generation"])
+    text = "naïve😀café,no-spaces-here"  # multi-byte characters split across byte-level tokens
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = token_streamer(tokenizer)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+    arrived = []
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+        while not streamer.text_queue.empty():
+            arrived.append(streamer.text_queue.get_nowait())
+    streamer.end()
+    rest = [streamer.text_queue.get_nowait() for _ in range(streamer.text_queue.qsize())]
+    assert rest[-1] is streamer.stop_signal
+    pieces = [p for p in arrived + rest[:-1] if p]
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert not any("\ufffd" in p for p in pieces), pieces
+    assert len([p for p in arrived if p]) >= len(text) // 2, "text was held back instead of streamed"
