@@ -89,7 +89,8 @@ class KServeHFProcess(ServerProcess):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the re-created runtime until SIGTERM."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name", required=True)
     parser.add_argument("--model_dir", type=Path, required=True)
     parser.add_argument("--http_port", type=int, default=8080)

@@ -41,8 +41,8 @@ def fastest_faithful_backend(report: Mapping[str, Any], top_concurrency: int) ->
     best: tuple[str, float] | None = None
     for name, entry in (report.get("backend_servers") or {}).items():
         checked = _get(report, "backends", name) or {}
-        if (checked.get("label_agreement_pct") or 0) < AGREEMENT_MIN_PCT or \
-                (checked.get("max_prob_diff") if checked.get("max_prob_diff") is not None else 1) > MAX_PROB_DIFF:
+        diff = checked.get("max_prob_diff")
+        if (checked.get("label_agreement_pct") or 0) < AGREEMENT_MIN_PCT or diff is None or diff > MAX_PROB_DIFF:
             continue
         for p in entry.get("phases") or []:
             rps = p.get("throughput_rps")
@@ -224,7 +224,8 @@ def _ratio_line(derived: Mapping[str, Any]) -> str:
             f"c=1 p50 - single forward {_fmt(derived.get('c1_p50_minus_single_forward_ms'), ' ms', 2)} "
             f"(<= 3 ms: {within})")
     if derived.get("v1_over_kserve_hf") is not None or derived.get("fastest_backend"):
-        line += (f"\n         v1 c={c} / KServe HF runtime {_fmt(derived.get('v1_over_kserve_hf'), digits=2)}   "
+        versus = _fmt(derived.get("v1_over_kserve_hf"), digits=2)
+        line += (f"\n         v1 c={c} / KServe HF runtime {versus}   "
                  f"fastest faithful backend ({derived.get('fastest_backend') or '-'}) / KServe HF runtime "
                  f"{_fmt(derived.get('fastest_backend_over_kserve_hf'), digits=2)}, / seed "
                  f"{_fmt(derived.get('fastest_backend_over_seed'), digits=2)}")

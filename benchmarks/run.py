@@ -43,7 +43,8 @@ SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
     """Full run only: the server with every core for torch and its OpenMP threads spinning when idle,
-    sleeping at once, or spinning briefly (10k rounds) and then sleeping (--openmp_wait short-spin). The predictor's own choice
+    sleeping at once, or spinning briefly (10k rounds) and then sleeping (--openmp_wait short-spin).
+    The predictor's own choice
     is measured in `server`, which records it."""
     threads = ("--intra_op_threads", str(cores))
     return {f"threads{cores}_spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, threads),
@@ -304,7 +305,8 @@ def measure_soak(run: Run) -> dict[str, Any]:
         served = errors = 0
         chunks = max(1, round(s.soak_s / s.soak_chunk_s))
         for _ in range(chunks):
-            chunk = closed_loop(server.base_url, requests, concurrency=top, duration_s=s.soak_chunk_s, warmup_s=0)
+            chunk = closed_loop(server.base_url, requests, concurrency=top, duration_s=s.soak_chunk_s,
+                                warmup_s=0)
             served += chunk["requests"]
             errors += chunk["errors"]
             rss.append(server.rss_bytes() / 2**20)

@@ -141,7 +141,8 @@ class ServerProcess:
     def environment(self) -> dict[str, str]:
         """The server's environment: offline, the benchmark's cache, the variant's extra variables."""
         return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PREDICTOR_CACHE_DIR": str(self.cache_dir), **self.extra_env}
+                "TOKENIZERS_PARALLELISM": "false", "PREDICTOR_CACHE_DIR": str(self.cache_dir),
+                **self.extra_env}
 
     def start(self, timeout_s: float = 180.0) -> float:
         """Start and wait for the readiness route to answer 200; the seconds that took. ServerError if not."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from predictor.config import ModelConfig, TaskName, load_model_config
 from predictor.errors import ConfigError
 from predictor.progress import Progress

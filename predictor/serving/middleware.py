@@ -46,7 +46,8 @@ class RequestContextMiddleware:
     instead of sending into a socket that is about to close.
     """
 
-    def __init__(self, app: Any, max_body_bytes: Callable[[], int], draining: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, app: Any, max_body_bytes: Callable[[], int],
+                 draining: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.draining = draining

@@ -16,13 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve import errors as kserve_errors
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError

@@ -11,14 +11,13 @@ import torch
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError
-from predictor.tasks.targets import parse_text_target
 from predictor.tasks.base import (
     Encoded,
-    StreamEnd,
     Explanation,
     GenerationParams,
     Instance,
     Prediction,
+    StreamEnd,
     TaskBase,
     check_text,
     details_flag,
@@ -26,6 +25,8 @@ from predictor.tasks.base import (
     n_steps_field,
     text_field,
 )
+from predictor.tasks.targets import parse_text_target
+
 
 class StopInContinuation:
     """Stops a row once its generated text (never the prompt) contains a stop string.

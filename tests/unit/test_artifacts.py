@@ -14,9 +14,9 @@ import yaml
 from models import SEQ_LABELS, TOKEN_LABELS, build_encoder, build_mar
 
 from predictor.artifacts import ModelSource, load_labels, parse_labels, resolve_model_source
-from predictor.loading import torchscript_file
 from predictor.errors import ConfigError
 from predictor.handler import GeneralizedHandler
+from predictor.loading import torchscript_file
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TEXTS = ["The movie was absolutely wonderful.", "Terrible, never again.", "Ada Lovelace lived in London."]
