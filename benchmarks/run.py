@@ -338,6 +338,15 @@ def measure_generation(run: Run) -> dict[str, Any]:
                                                        prompts, s.max_new_tokens, s.stream_requests)
     finally:
         server.stop()
+    # A model this small gains nothing from a second thread and pays an OpenMP wake-up per operation.
+    single = ServerProcess(run.models.generator, GENERATOR_NAME, run.workdir / "server.gen1.log",
+                           extra_args=("--intra_op_threads", "1"))
+    single.start()
+    try:
+        result["server_one_thread"] = generation.server_generation(single.base_url, GENERATOR_NAME, prompts,
+                                                                   s.max_new_tokens, s.generation_s)
+    finally:
+        single.stop()
     return result
 
 
