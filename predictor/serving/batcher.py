@@ -83,7 +83,7 @@ class InferenceQueue:
             self._wakeup = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
-        jobs = [_Job(_cancellable(instance, cancel), loop.create_future()) for instance in instances]
+        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future()) for instance in instances]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -142,7 +142,7 @@ class InferenceQueue:
         self._admit(len(instances))
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
-        cancellable = [_cancellable(i, cancel) for i in instances]
+        cancellable = [_with_cancel(i, cancel) for i in instances]
 
         def explain_all() -> list[Any]:
             return [self.handler.explain(i) for i in cancellable]
@@ -159,7 +159,7 @@ class InferenceQueue:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
-        instance = _cancellable(instance, cancel)
+        instance = _with_cancel(instance, cancel)
 
         def produce() -> None:
             try:
@@ -187,7 +187,7 @@ class InferenceQueue:
         self._explain_thread.shutdown(wait=False, cancel_futures=False)
 
 
-def _cancellable(instance: Instance, cancel: threading.Event) -> Instance:
+def _with_cancel(instance: Instance, cancel: threading.Event) -> Instance:
     return dataclasses.replace(instance, cancel=cancel)
 
 

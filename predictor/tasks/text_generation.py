@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from transformers import StoppingCriteriaList, TextIteratorStreamer
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError
@@ -45,7 +46,7 @@ class StopInContinuation:
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
-def token_streamer(tokenizer: Any) -> Any:
+class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
     """A TextIteratorStreamer that hands out each token's text as soon as it is whole characters.
 
     transformers' own streamer holds text back until a space (or a newline) arrives, so a continuation
@@ -53,34 +54,32 @@ def token_streamer(tokenizer: Any) -> Any:
     with a prefix window (as text-generation-inference does) keeps each step O(1) and holds back only an
     incomplete UTF-8 sequence (U+FFFD). The pieces concatenate to the decoded continuation.
     """
-    from transformers import TextIteratorStreamer
 
-    class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.window = (0, 0)  # (prefix start, read offset) into token_cache
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.window = (0, 0)  # (prefix start, read offset) into token_cache
 
-        def _pending(self) -> tuple[str, str]:
-            start, read = self.window
-            return (self.tokenizer.decode(self.token_cache[start:read], **self.decode_kwargs),
-                    self.tokenizer.decode(self.token_cache[start:], **self.decode_kwargs))
+    def _pending(self) -> tuple[str, str]:
+        start, read = self.window
+        return (self.tokenizer.decode(self.token_cache[start:read], **self.decode_kwargs),
+                self.tokenizer.decode(self.token_cache[start:], **self.decode_kwargs))
 
-        def put(self, value: torch.Tensor) -> None:
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            self.token_cache.extend(value.reshape(-1).tolist())
-            seen, text = self._pending()
-            if len(text) > len(seen) and not text.endswith("\ufffd"):
-                self.on_finalized_text(text[len(seen):])
-                self.window = (self.window[1], len(self.token_cache))
+    def put(self, value: torch.Tensor) -> None:
+        """Called by generate() with the prompt, then with each new token."""
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.reshape(-1).tolist())
+        seen, text = self._pending()
+        if len(text) > len(seen) and not text.endswith("\ufffd"):
+            self.on_finalized_text(text[len(seen):])
+            self.window = (self.window[1], len(self.token_cache))
 
-        def end(self) -> None:
-            seen, text = self._pending()
-            self.token_cache, self.window, self.next_tokens_are_prompt = [], (0, 0), True
-            self.on_finalized_text(text[len(seen):] if len(text) > len(seen) else "", stream_end=True)
-
-    return TokenStreamer()
+    def end(self) -> None:
+        """Called by generate() at the end: whatever is left, then the stop signal."""
+        seen, text = self._pending()
+        self.token_cache, self.window, self.next_tokens_are_prompt = [], (0, 0), True
+        self.on_finalized_text(text[len(seen):] if len(text) > len(seen) else "", stream_end=True)
 
 
 class StopWhenCancelled:
@@ -199,8 +198,6 @@ class TextGenerationTask(TaskBase):
 
     def _generate_kwargs(self, params: GenerationParams, prompt_len: int,
                          instances: Sequence[Instance]) -> dict[str, Any]:
-        from transformers import StoppingCriteriaList
-
         kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": params.do_sample,
                                   "pad_token_id": self.tokenizer.pad_token_id}
         if params.do_sample:
@@ -271,7 +268,7 @@ class TextGenerationTask(TaskBase):
         """
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
-        streamer = token_streamer(self.tokenizer)
+        streamer = TokenStreamer(self.tokenizer)
         inputs = self._inputs([enc])
         prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []

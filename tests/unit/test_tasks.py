@@ -871,12 +871,12 @@ def test_the_stream_hands_out_each_tokens_text_without_waiting_for_a_space(
     import torch
     from transformers import AutoTokenizer
 
-    from predictor.tasks.text_generation import token_streamer
+    from predictor.tasks.text_generation import TokenStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dirs["text_generation"])
     text = "naïve😀café,no-spaces-here"  # multi-byte characters split across byte-level tokens
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    streamer = token_streamer(tokenizer)
+    streamer = TokenStreamer(tokenizer)
     streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
     arrived = []
     for token in ids:
