@@ -91,15 +91,14 @@ def build_question_answering(dest: Path, *, seed: int = 0, max_length: int = 128
     return dest
 
 
-def build_gpt2(dest: Path, *, seed: int = 0) -> Path:
-    """A tiny GPT-2 (2 layers, 32 wide) with a byte-level BPE tokenizer trained on a few sentences."""
+def save_tiny_gpt2(dest: Path, corpus: list[str], *, seed: int = 0) -> None:
+    """A tiny GPT-2 (2 layers, 32 wide, random weights) with a byte-level BPE tokenizer trained on corpus."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast  # type: ignore[attr-defined]
 
     dest.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(GPT2_TRAINING_TEXT * 4, vocab_size=300, min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(corpus * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
     tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
     tokenizer.save_pretrained(dest)
@@ -107,6 +106,11 @@ def build_gpt2(dest: Path, *, seed: int = 0) -> Path:
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).eval().save_pretrained(dest)
+
+
+def build_gpt2(dest: Path, *, seed: int = 0) -> Path:
+    """The benchmark's generator: the tiny GPT-2 and its model-config.yaml."""
+    save_tiny_gpt2(dest, GPT2_TRAINING_TEXT, seed=seed)
     write_model_config(dest, {"model_name": "bench-gpt2", "mode": "text_generation", "max_length": 64,
                               "max_new_tokens": 32})
     return dest

@@ -103,20 +103,10 @@ def build_encoder(dest: Path, mode: str, *, seed: int = 0, torchscript: bool = F
 
 
 def build_gpt2(dest: Path, *, seed: int = 0, **handler: Any) -> Path:
-    """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences (the benchmark's builder)."""
+    from benchmarks.models import save_tiny_gpt2
 
-    dest.mkdir(parents=True, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(GEN_CORPUS * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    tokenizer.save_pretrained(dest)
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    GPT2LMHeadModel(config).eval().save_pretrained(dest)
+    save_tiny_gpt2(dest, GEN_CORPUS, seed=seed)
     write_model_config(dest, {"model_name": "tiny-gpt2", "mode": "text_generation", "max_length": 64,
                               "max_new_tokens": 20, **handler})
     return dest

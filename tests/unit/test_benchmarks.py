@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,16 +13,12 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is not part of the installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import backends, report  # noqa: E402
-from benchmarks.corpus import describe, load_corpus, spread  # noqa: E402
-from benchmarks.load import Request, closed_loop, latency_summary  # noqa: E402
-from benchmarks.models import ModelDirs  # noqa: E402
-from benchmarks.run import Settings, build_parser, run_benchmark, settings_from_args  # noqa: E402
-from benchmarks.server_process import batch_metrics, parse_prometheus  # noqa: E402
+from benchmarks import backends, report
+from benchmarks.corpus import describe, load_corpus, spread
+from benchmarks.load import Request, closed_loop, latency_summary
+from benchmarks.models import ModelDirs
+from benchmarks.run import Settings, build_parser, run_benchmark, settings_from_args
+from benchmarks.server_process import batch_metrics, parse_prometheus
 
 METRICS_BEFORE = """# HELP predictor_batch_size Inputs per forward pass
 # TYPE predictor_batch_size histogram
