@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -90,6 +91,26 @@ class StopWhenCancelled:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.tensor([i.cancelled for i in self.instances], device=input_ids.device)
+
+
+_SAMPLING = threading.Lock()
+
+
+@contextmanager
+def sampling_rng(params: GenerationParams) -> Iterator[None]:
+    """torch's global RNG for one sampling generation, seeded when the request asks.
+
+    Sampling draws from torch's one process-wide generator (generate() takes no generator of its
+    own), so generations that sample take turns: a seeded request stays reproducible while other
+    model workers generate. Greedy generations draw nothing and run side by side.
+    """
+    if not params.do_sample:
+        yield
+        return
+    with _SAMPLING:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        yield
 
 
 _PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
@@ -232,10 +253,8 @@ class TextGenerationTask(TaskBase):
     def _generate(self, batch: Sequence[Encoded]) -> list[Prediction]:
         params = batch[0].instance.generation or self.default_params()
         inputs = self._inputs(batch)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         prompt_len = inputs["input_ids"].shape[1]
-        with torch.inference_mode():
+        with sampling_rng(params), torch.inference_mode():
             out = self.model.module.generate(**inputs, **self._generate_kwargs(
                 params, prompt_len, [e.instance for e in batch]))
         return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
@@ -273,12 +292,12 @@ class TextGenerationTask(TaskBase):
         prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []
         output: list[torch.Tensor] = []
+        threads = torch.get_num_threads()  # this worker's share of the cores, set per thread
 
         def generate() -> None:
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+            torch.set_num_threads(threads)
             try:
-                with torch.inference_mode():
+                with sampling_rng(params), torch.inference_mode():
                     output.append(self.model.module.generate(
                         **inputs, **self._generate_kwargs(params, prompt_len, [instance]), streamer=streamer))
             except BaseException as exc:  # re-raised in the consumer below
