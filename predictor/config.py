@@ -291,8 +291,8 @@ class ModelConfig:
     handler: HandlerConfig
     compile: CompileConfig = field(default_factory=CompileConfig)
     limits: Limits = field(default_factory=Limits)
-    min_workers: int = 1
-    max_workers: int = 1
+    min_workers: int | None = None  # forward passes side by side (TorchServe: worker processes); None: auto
+    max_workers: int | None = None  # accepted; the worker pool is fixed at min_workers
     batch_size: int = 8
     max_batch_delay_ms: float = 5.0
     response_timeout_s: float = 120.0
@@ -321,8 +321,8 @@ class ModelConfig:
             handler=HandlerConfig.from_yaml(handler_raw),
             compile=CompileConfig.from_yaml(raw.get("pt2")),
             limits=Limits.from_yaml(limits_raw),
-            min_workers=read.positive_int("minWorkers", 1),
-            max_workers=read.positive_int("maxWorkers", 1),
+            min_workers=read.optional_positive_int("minWorkers"),
+            max_workers=read.optional_positive_int("maxWorkers"),
             batch_size=read.positive_int("batchSize", 8),
             max_batch_delay_ms=read.non_negative_number("maxBatchDelay", 5.0),
             response_timeout_s=read.positive_number("responseTimeout", 120.0),

@@ -258,7 +258,7 @@ def _model_config() -> dict[str, Any]:
     handler = {"model_name": MODEL_NAME, "mode": "sequence_classification", "do_lower_case": True,
                "num_labels": len(LABELS), "save_mode": "pretrained", "max_length": MAX_LENGTH,
                "captum_explanation": True, "embedding_name": "bert"}  # fmt: skip
-    return {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 120,
+    return {"batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 120,
             "handler": handler}  # fmt: skip
 
 

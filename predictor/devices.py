@@ -28,6 +28,13 @@ class DevicePlan:
         return self.device.startswith("cuda")
 
 
+def chooses_cuda(requested: str, cuda_devices: int | None = None) -> bool:
+    """Whether handler.device `requested` runs on a GPU, given the visible GPUs (default: this machine's)."""
+    if cuda_devices is None:
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return cuda_devices > 0 and requested in ("auto", "cuda")
+
+
 def plan_device(
     requested: str,
     dtype: str,
@@ -43,7 +50,7 @@ def plan_device(
     """
     if requested == "cuda" and cuda_devices == 0:
         raise ConfigError("handler.device: 'cuda' requested but no CUDA device is visible")
-    use_cuda = cuda_devices > 0 and requested in ("auto", "cuda")
+    use_cuda = chooses_cuda(requested, cuda_devices)
     device = "cuda:0" if use_cuda else "cpu"
     if dtype == "auto":
         torch_dtype = torch.float32

@@ -56,7 +56,7 @@ class _TupleOutputs(torch.nn.Module):
 
 def write_model_config(dest: Path, handler: dict[str, Any], **top: Any) -> None:
     """model-config.yaml as a TorchServe user writes it."""
-    doc = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60,
+    doc = {"batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 60,
            **top, "handler": handler}
     (dest / "model-config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 from predictor.errors import InferenceTimeoutError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics
+from predictor.serving.cpu import LoneBatchThreads
 from predictor.tasks import Instance, Prediction, StreamEnd
 
 logger = logging.getLogger(__name__)
@@ -33,23 +35,41 @@ class _Job:
 class InferenceQueue:
     """Gathers concurrent requests into forward passes of up to batch_size inputs.
 
-    A batch is dispatched as soon as the model is free: a lone request waits for nothing, and
-    requests that arrive while a batch runs form the next one. One model thread runs forward
-    passes (so the event loop keeps answering probes); explanations get their own thread so
-    predictions keep flowing while one runs.
+    A batch is dispatched as soon as a model worker is free: a lone request waits for nothing, and
+    requests that arrive while the workers are busy form the next batches. `workers` threads run
+    forward passes side by side on the one copy of the model (so the event loop keeps answering
+    probes), each on `threads` torch threads; a batch that runs alone may use every core
+    (`all_threads`) while that measures faster (LoneBatchThreads). Explanations get their own
+    thread, on every core, so predictions keep flowing while one runs. `set_threads` sets the
+    torch threads of the calling thread; without it, thread counts are left as they are.
     """
 
-    def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float) -> None:
+    def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float,
+                 workers: int = 1, threads: int = 1, all_threads: int = 1,
+                 set_threads: Callable[[int], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers: expected at least 1, got {workers}")
         self.handler = handler
         self.batch_size = batch_size
         self.capacity = capacity
         self.timeout_s = timeout_s
+        self.workers = workers
+        self.threads = threads
+        self._set_threads = set_threads
+        self.lone_threads = LoneBatchThreads(threads, all_threads if set_threads is not None else threads)
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor-model")
-        self._explain_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor-explain")
-        self._busy_since: float | None = None
+        self._free: asyncio.Semaphore | None = None  # model workers not running anything (FIFO for waiters)
+        self._idle = workers  # the semaphore's count, which asyncio does not expose
+        self._running: set[asyncio.Task[None]] = set()
+        self._model_threads = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="predictor-model",
+            initializer=None if set_threads is None else functools.partial(set_threads, threads))
+        self._explain_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="predictor-explain",
+            initializer=None if set_threads is None else functools.partial(set_threads, all_threads))
+        self._busy_since: dict[object, float] = {}
         self._closing = False
 
     # ---- state -------------------------------------------------------------------------------
@@ -59,10 +79,15 @@ class InferenceQueue:
         return len(self._jobs)
 
     @property
+    def busy_workers(self) -> int:
+        """Model workers running a batch or a stream now."""
+        return len(self._busy_since)
+
+    @property
     def wedged(self) -> bool:
-        """True when the running forward pass has exceeded responseTimeout: inference is stuck."""
-        busy = self._busy_since
-        return busy is not None and time.monotonic() - busy > self.timeout_s
+        """True when a running forward pass has exceeded responseTimeout: inference is stuck."""
+        now = time.monotonic()
+        return any(now - since > self.timeout_s for since in list(self._busy_since.values()))
 
     def close(self) -> None:
         """Refuse new work; what is queued is still answered."""
@@ -97,9 +122,26 @@ class InferenceQueue:
                 future.cancel()  # still queued: skipped by the dispatcher, never computed
             raise InferenceTimeoutError(f"no answer within responseTimeout ({self.timeout_s:g}s)") from exc
 
-    def _next_batch(self) -> list[_Job]:
+    async def _take_worker(self) -> None:
+        if self._free is None:  # created on the serving loop, at first use
+            self._free = asyncio.Semaphore(self.workers)
+        await self._free.acquire()
+        self._idle -= 1
+
+    def _give_back_worker(self) -> None:
+        assert self._free is not None
+        self._idle += 1
+        self._free.release()
+
+    def _next_batch(self, idle_workers: int) -> list[_Job]:
+        """Up to batch_size live jobs, and no more than this worker's share of the queue.
+
+        With the queue shared among the idle workers, forward passes stay small (on CPU the
+        fastest batches are small ones) and every worker gets some of a burst at once.
+        """
+        share = min(self.batch_size, -(-len(self._jobs) // max(1, idle_workers)))
         batch: list[_Job] = []
-        while self._jobs and len(batch) < self.batch_size:
+        while self._jobs and len(batch) < share:
             job = self._jobs.popleft()
             if not job.future.done():
                 batch.append(job)
@@ -111,17 +153,45 @@ class InferenceQueue:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while batch := self._next_batch():
-                await self._run_batch(batch)
+            while self._jobs:
+                await self._take_worker()
+                batch = self._next_batch(1 + self._idle)  # this worker and the others still free
+                if not batch:
+                    self._give_back_worker()
+                    break
+                alone = self._idle == self.workers - 1 and not self._jobs
+                threads = self.lone_threads.choose() if alone else self.threads
+                task = asyncio.get_running_loop().create_task(self._run_and_release(batch, threads, alone))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
-    async def _run_batch(self, batch: list[_Job]) -> None:
+    async def _run_and_release(self, batch: list[_Job], threads: int, alone: bool) -> None:
+        started = time.perf_counter()
         try:
-            results = await self._on_model_thread(self.handler.predict, [job.instance for job in batch])
+            await self._run_batch(batch, threads)
+            if alone:
+                self.lone_threads.record(threads, (time.perf_counter() - started) / len(batch))
+        finally:
+            self._give_back_worker()
+
+    def _predict_on(self, threads: int, instances: list[Instance]) -> list[Prediction]:
+        """handler.predict on `threads` torch threads (this worker's own count again afterwards)."""
+        if threads == self.threads or self._set_threads is None:
+            return self.handler.predict(instances)
+        self._set_threads(threads)
+        try:
+            return self.handler.predict(instances)
+        finally:
+            self._set_threads(self.threads)
+
+    async def _run_batch(self, batch: list[_Job], threads: int) -> None:
+        try:
+            results = await self._on_model_thread(self._predict_on, threads, [job.instance for job in batch])
         except PredictorError as exc:
             if len(batch) > 1:
                 # One input must not sink the others: answer each alone.
                 for job in batch:
-                    await self._run_batch([job])
+                    await self._run_batch([job], threads)
                 return
             _settle(batch[0].future, exc=exc)
             return
@@ -130,11 +200,12 @@ class InferenceQueue:
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        self._busy_since = time.monotonic()
+        token = object()
+        self._busy_since[token] = time.monotonic()
         try:
-            return await loop.run_in_executor(self._model_thread, fn, *args)
+            return await loop.run_in_executor(self._model_threads, fn, *args)
         finally:
-            self._busy_since = None
+            del self._busy_since[token]
 
     # ---- explanations and streams --------------------------------------------------------------
     async def explain(self, instances: Sequence[Instance]) -> list[Any]:
@@ -170,7 +241,14 @@ class InferenceQueue:
             finally:
                 loop.call_soon_threadsafe(chunks.put_nowait, _END)
 
-        producer = asyncio.ensure_future(self._on_model_thread(produce))
+        async def on_a_worker() -> None:
+            await self._take_worker()  # a stream holds a model worker as a batch does
+            try:
+                await self._on_model_thread(produce)
+            finally:
+                self._give_back_worker()
+
+        producer = asyncio.ensure_future(on_a_worker())
         try:
             while (item := await chunks.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -183,7 +261,7 @@ class InferenceQueue:
 
     def shutdown(self) -> None:
         """Stop the worker threads once the queue is empty."""
-        self._model_thread.shutdown(wait=False, cancel_futures=False)
+        self._model_threads.shutdown(wait=False, cancel_futures=False)
         self._explain_thread.shutdown(wait=False, cancel_futures=False)
 
 

@@ -49,6 +49,16 @@ class BenchmarkUnavailableError(ImportError):
     """The benchmark cannot be imported here; the message says what to do."""
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
                         help="model directory, as KServe's storage initializer leaves it (default: %(default)s)")
@@ -66,13 +76,18 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="after SIGTERM, stay not-ready with the port open this long (new work: 503, "
                              "Connection: close) so Kubernetes removes the pod from its endpoints and "
                              "requests still arriving are answered; part of --grace_period (default: %(default)s)")
-    parser.add_argument("--intra_op_threads", type=int, default=None,
-                        help="torch threads per forward pass (default: from the container CPU limit)")
+    parser.add_argument("--model_workers", type=_positive_int, default=os.environ.get("PREDICTOR_MODEL_WORKERS"),
+                        help="forward passes run side by side, sharing one copy of the weights (default: "
+                             "minWorkers of model-config.yaml if set, else one per core up to 4 cores, "
+                             "then one per 4 cores; one on a GPU or with pt2.compile)")
+    parser.add_argument("--intra_op_threads", type=_positive_int, default=None,
+                        help="torch threads of each forward pass (default: the container's CPU limit "
+                             "shared among the model workers)")
     parser.add_argument("--openmp_wait", choices=["passive", "short-spin"],
-                        default=os.environ.get("PREDICTOR_OPENMP_WAIT", "passive"),
-                        help="how idle torch threads wait: 'passive' sleeps at once (safe on shared cores); "
-                             "'short-spin' spins briefly first: faster on dedicated cores, much slower when "
-                             "other processes share them (default: %(default)s)")
+                        default=os.environ.get("PREDICTOR_OPENMP_WAIT", "short-spin"),
+                        help="how idle torch threads wait: 'short-spin' spins briefly, then sleeps (a lone "
+                             "request then gains from every core); 'passive' sleeps at once "
+                             "(default: %(default)s)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
                         help="comma-separated origins allowed to call this server from a browser "
                              "(e.g. 'null' for the viewer opened from disk); off by default")
@@ -183,36 +198,42 @@ def serve(args: argparse.Namespace) -> int:
 
     from predictor import artifacts
     from predictor.config import TaskName
+    from predictor.devices import chooses_cuda
     from predictor.errors import ConfigError
     from predictor.handler import GeneralizedHandler
-    from predictor.serving.cpu import configure_threads
+    from predictor.serving.cpu import available_cores, configure_threads, plan_workers
     from predictor.serving.kserve_model import TransformersModel
     from predictor.serving.server import PredictorServer, ServeOptions
 
     if args.workers != 1:
-        logger.error("--workers %d: one model per process; scale with replicas (KServe minReplicas)", args.workers)
+        logger.error("--workers %d: one model per process; scale with replicas (KServe minReplicas), "
+                     "or run forward passes side by side with --model_workers", args.workers)
         return 2
-    configure_threads(args.intra_op_threads)
     model_dir = Path(args.model_dir)
     config_path = Path(args.model_config) if args.model_config else None
     cache_dir = Path(os.environ.get("PREDICTOR_CACHE_DIR", "/tmp/predictor-cache"))
     try:  # a broken config is not transient: fail now, with the key and value named
         source = artifacts.resolve_model_source(model_dir, config_path, cache_dir)
-        mode = artifacts.load_source_config(source).handler.mode
+        config = artifacts.load_source_config(source)
     except ConfigError as exc:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
+    mode = config.handler.mode
+    plan = plan_workers(available_cores(), workers=args.model_workers or config.min_workers,
+                        threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
+                        compiled=config.compile.enable)
+    configure_threads(plan)
     handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir)
     if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
         from predictor.serving.faults import fault_hook
 
         handler.fault_hook = fault_hook(fault)
     generation = mode is TaskName.TEXT_GENERATION
-    model = TransformersModel(args.model_name, handler)
+    model = TransformersModel(args.model_name, handler, plan)
     options = ServeOptions(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                            grace_period_s=args.grace_period, load_retry_s=args.load_retry_seconds,
                            drain_s=max(0.0, min(args.drain_seconds, args.grace_period / 2)),
-                           max_threads=args.max_threads,
+                           max_threads=args.max_threads, event_loop=args.event_loop,
                            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     return PredictorServer(model, options).run(kserve.model_server.app, generation)
 
@@ -317,12 +338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
     _offline_environment()
     args = build_parser().parse_args(argv)
-    from predictor.serving.cpu import openmp_wait
+    from predictor.serving.cpu import openmp_wait, openmp_waiting
 
     try:
-        openmp_wait(getattr(args, "openmp_wait", "passive"))  # before anything imports torch
+        openmp_wait(getattr(args, "openmp_wait", "short-spin"))  # before anything imports torch
     except ValueError as exc:  # PREDICTOR_OPENMP_WAIT set to something else
         sys.stderr.write(f"predictor: {exc}\n")
         return 2
     configure_logging(getattr(args, "log_level", "INFO"))
+    if hasattr(args, "openmp_wait"):
+        logger.info("idle OpenMP threads: %s", openmp_waiting())
     return _COMMANDS[args.command](args)

@@ -1,4 +1,4 @@
-"""CPU threads that suit a container: intra-op threads from the cgroup CPU limit, not the host's cores."""
+"""CPU threads that suit a container: model workers and intra-op threads from the cgroup CPU limit, not the host's cores."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -26,29 +27,68 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
-def intra_op_threads(limit: float | None, available: int) -> int:
-    """Threads for one forward pass: the CPU limit rounded up, never more than the cores we may run on.
-
-    With passive OpenMP waiting (below) two threads on 2 cores served 130 req/s at concurrency 32
-    against 100 for one (benchmarks/, idle machine); threads spinning without end served 43.
-    """
+def usable_cores(limit: float | None, available: int) -> int:
+    """The cores this process may keep busy: the CPU limit rounded up, never more than it may run on."""
     return max(1, min(available, math.ceil(limit))) if limit is not None else max(1, available)
+
+
+CORES_PER_WORKER_ABOVE_4 = 4
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many forward passes run side by side, and the torch threads each one uses."""
+
+    workers: int
+    threads: int  # intra-op threads of each model worker
+    explain_threads: int  # of the explanation thread: every usable core
+    reason: str
+
+
+def plan_workers(cores: int, *, workers: int | None = None, threads: int | None = None, gpu: bool = False,
+                 compiled: bool = False) -> WorkerPlan:
+    """Model workers (threads sharing one copy of the weights) and the torch threads of each.
+
+    Measured on MiniLM on 2 cores (benchmarks/): two workers of one thread each compute 197 to 207
+    sequences/s at batch 1 to 2, one worker of two threads 125 to 157 (97 to 125 when its idle
+    thread sleeps at once, as a shared container needs), because the threads of one forward pass
+    wait for each other at every operation and one-thread passes never do. A lone request also
+    gains: 8.3 ms for one thread against 9.7 ms for two whose helper sleeps. So by default every
+    core runs its own forward pass up to 4 cores; above that, workers of 4 threads (not measured
+    here: a bound on how slow a lone request on a big machine may get). A GPU or a torch.compile'd
+    model gets one worker (GPU kernels queue on one stream anyway; compiled graphs are not called
+    from several threads at once).
+    """
+    if gpu or compiled:
+        return WorkerPlan(1, threads or cores, threads or cores, "GPU" if gpu else "torch.compile")
+    if workers is None:
+        if threads:
+            workers, reason = max(1, cores // threads), f"{threads} thread(s) each"
+        else:
+            workers = cores if cores <= 4 else math.ceil(cores / CORES_PER_WORKER_ABOVE_4)
+            reason = "default"
+    else:
+        reason = "requested"
+    return WorkerPlan(workers, threads or max(1, cores // workers), cores, reason)
 
 
 OPENMP_WAITS = ("passive", "short-spin")
 SHORT_SPIN_COUNT = "10000"
 
 
-def openmp_wait(policy: str = "passive", environ: MutableMapping[str, str] | None = None) -> None:
+def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | None = None) -> None:
     """How PyTorch's idle OpenMP threads wait; must run before torch is imported. Variables already set win.
 
-    passive: they sleep at once. Spinning threads starve the event loop between forward passes, and a
-    busy neighbour on the same cores makes every barrier wait for a descheduled thread: the safe default.
-    short-spin: they spin 10,000 rounds (tens of microseconds: the gaps between the parallel regions of
-    one forward pass), then sleep. Measured on 2 dedicated cores (benchmarks/): concurrency 1 p50 9–10 ms
-    instead of 11.5–13, concurrency 32 145 req/s instead of 113–136; with one busy process on the same
-    cores: 42 ms and 48 req/s instead of 14 ms and 96. For pods with dedicated cores (Kubernetes static
-    CPU manager, Guaranteed QoS, integer CPUs).
+    OpenMP teams exist only where a pass runs on several threads: a lone request on every core
+    (LoneBatchThreads), explanations, and workers of several threads on big machines.
+    short-spin (default): they spin 10,000 rounds (tens of microseconds: the gaps between the
+    parallel regions of one forward pass), then sleep. passive: they sleep at once, and every parallel
+    region pays a wake-up, so a lone request is faster on one thread than on two.
+    Measured on 2 cores (benchmarks/, MiniLM, two workers): concurrency 1 p50 9.2 ms with short-spin,
+    11.8 ms with passive; concurrency 32 the same (188 req/s). With one busy process on the same cores:
+    12.8 ms and 123 req/s against 12.4 ms and 116, because lone batches then measure faster on one
+    thread and stop forming teams. (Before the workers and that measurement, spinning collapsed under
+    a neighbour: 42 ms and 48 req/s against 14 and 96; that is why passive remains on offer.)
     """
     env = os.environ if environ is None else environ
     if policy not in OPENMP_WAITS:
@@ -58,19 +98,76 @@ def openmp_wait(policy: str = "passive", environ: MutableMapping[str, str] | Non
         env.setdefault("GOMP_SPINCOUNT", SHORT_SPIN_COUNT)  # libgomp obeys it over OMP_WAIT_POLICY
 
 
-def configure_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads (and one inter-op thread: one model, one forward at a time)."""
+class LoneBatchThreads:
+    """Torch threads for a batch that runs alone: every core, or the worker's own share, whichever is faster.
+
+    When the other workers are idle, a lone request may use every core. That pays when idle OpenMP
+    threads spin briefly (--openmp_wait short-spin: MiniLM 6.2 ms instead of 8.3 on one thread) and
+    loses when they sleep at once (9.7 ms), or when another process keeps a core busy (every barrier
+    of the pass then waits for a descheduled thread). So it is measured, not assumed: each lone
+    batch's time per input feeds the average of the thread count it used, the faster count is
+    used, and every `explore_every`-th lone batch tries the other count, so that a change (a
+    neighbour that comes or goes) is noticed within a few hundred lone requests.
+    """
+
+    def __init__(self, own: int, every: int, *, explore_every: int = 32, weight: float = 0.25) -> None:
+        self.own = own
+        self.every = every
+        self.explore_every = explore_every
+        self.weight = weight
+        self.seconds: dict[int, float] = {}  # running average of seconds per input, per thread count
+        self._batches = 0
+
+    def choose(self) -> int:
+        """The thread count for the next lone batch."""
+        if self.every <= self.own:
+            return self.own
+        self._batches += 1
+        for threads in (self.own, self.every):
+            if threads not in self.seconds:
+                return threads
+        best, other = sorted((self.own, self.every), key=self.seconds.__getitem__)
+        return other if self._batches % self.explore_every == 0 else best
+
+    def record(self, threads: int, seconds_per_input: float) -> None:
+        """What a lone batch on `threads` threads took."""
+        previous = self.seconds.get(threads)
+        self.seconds[threads] = (seconds_per_input if previous is None
+                                 else previous + self.weight * (seconds_per_input - previous))
+
+
+def available_cores() -> int:
+    """Cores this container may use: its CPU affinity, capped by the cgroup CPU limit."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores(cgroup_cpu_limit(), available)
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for forward passes started from the calling thread.
+
+    The count lives per thread (OpenMP's nthreads-var): each model worker and the explanation
+    thread call this first, so their passes do not share one team.
+    """
     import torch
 
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = requested or intra_op_threads(cgroup_cpu_limit(), available)
     torch.set_num_threads(threads)
+
+
+def configure_threads(plan: WorkerPlan) -> None:
+    """Set up this (the loading) thread as a worker, and one inter-op thread; log the plan."""
+    import torch
+
+    set_torch_threads(plan.threads)  # also what ONNX Runtime's session takes at load
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work has started
         pass
-    spin = os.environ.get("GOMP_SPINCOUNT")
-    waiting = f"spin {spin} rounds, then sleep" if spin else os.environ.get("OMP_WAIT_POLICY", "libgomp default")
-    logger.info("torch intra-op threads: %d (cores available: %d); idle OpenMP threads: %s", threads, available,
-                waiting)
-    return threads
+    logger.info("model workers: %d of %d torch thread(s) each (%s), explanations %d thread(s)",
+                plan.workers, plan.threads, plan.reason, plan.explain_threads)
+
+
+def openmp_waiting(environ: MutableMapping[str, str] | None = None) -> str:
+    """How idle OpenMP threads wait, as the environment says (for the log)."""
+    env = os.environ if environ is None else environ
+    spin = env.get("GOMP_SPINCOUNT")
+    return f"spin {spin} rounds, then sleep" if spin else env.get("OMP_WAIT_POLICY", "libgomp default")

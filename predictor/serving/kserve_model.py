@@ -24,6 +24,7 @@ from predictor.errors import (
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics, payloads
 from predictor.serving.batcher import InferenceQueue
+from predictor.serving.cpu import WorkerPlan, available_cores, plan_workers, set_torch_threads
 from predictor.tasks import Instance
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,10 @@ class ParsedRequest:
 class TransformersModel(kserve.Model):
     """load / preprocess / predict / explain, each delegating to the core; no task logic here."""
 
-    def __init__(self, name: str, handler: GeneralizedHandler) -> None:
+    def __init__(self, name: str, handler: GeneralizedHandler, workers: WorkerPlan | None = None) -> None:
         super().__init__(name)
         self.handler = handler
+        self.workers = workers or plan_workers(available_cores())
         self.queue: InferenceQueue | None = None
         self._load_lock = threading.Lock()
         self.draining = False
@@ -81,8 +83,11 @@ class TransformersModel(kserve.Model):
             if not self.ready:
                 self.handler.load()
                 config = self.handler.config
+                plan = self.workers
                 self.queue = InferenceQueue(self.handler, batch_size=config.batch_size,
-                                            capacity=config.job_queue_size, timeout_s=config.response_timeout_s)
+                                            capacity=config.job_queue_size, timeout_s=config.response_timeout_s,
+                                            workers=plan.workers, threads=plan.threads,
+                                            all_threads=plan.explain_threads, set_threads=set_torch_threads)
                 self.handler.observer = metrics.observe_batch
                 self.ready = True
                 metrics.READY.set(1)

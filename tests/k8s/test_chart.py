@@ -138,8 +138,16 @@ def test_openmp_wait_reaches_the_predictor(helm: Helm) -> None:
         env = {e["name"]: e.get("value") for e in runtime_container(source.one("ServingRuntime"))["env"]}
         return str(env["PREDICTOR_OPENMP_WAIT"])
 
-    assert wait_env(helm.render()) == "passive"
-    assert wait_env(helm.render(sets=["server.openmpWait=short-spin"])) == "short-spin"
+    assert wait_env(helm.render()) == "short-spin"
+    assert wait_env(helm.render(sets=["server.openmpWait=passive"])) == "passive"
+
+
+def test_model_workers_reach_the_predictor(helm: Helm) -> None:
+    def env_of(source: Source) -> dict[str, str]:
+        return {e["name"]: e.get("value") for e in runtime_container(source.one("ServingRuntime"))["env"]}
+
+    assert "PREDICTOR_MODEL_WORKERS" not in env_of(helm.render())  # the predictor decides
+    assert env_of(helm.render(sets=["server.modelWorkers=3"]))["PREDICTOR_MODEL_WORKERS"] == "3"
 
 
 def test_cluster_scoped_runtime(helm: Helm) -> None:
@@ -186,6 +194,7 @@ def test_network_policy_admits_only_the_serving_ports(renders: dict[str, Source]
         (["modelConfig.mountPath=/etc/predictor/"], "/modelConfig/mountPath"),
         (["gpu.count=-1"], "/gpu/count"),
         (["server.openmpWait=active"], "/server/openmpWait"),
+        (["server.modelWorkers=0"], "/server/modelWorkers"),
     ],
 )
 def test_bad_values_fail_at_render_time(sets: list[str], message: str, helm: Helm) -> None:

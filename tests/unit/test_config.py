@@ -114,7 +114,7 @@ def test_minimal_config_gets_every_default() -> None:
     assert (h.dtype, h.device, h.trust_remote_code, h.backend) == ("auto", "auto", False, Backend.EAGER)
     assert config.compile == CompileConfig(enable=False, backend="inductor", mode=None)
     assert config.limits == Limits(max_body_bytes=4 * 1024 * 1024, max_instances=64, max_text_chars=200_000)
-    assert (config.min_workers, config.max_workers, config.batch_size) == (1, 1, 8)
+    assert (config.min_workers, config.max_workers, config.batch_size) == (None, None, 8)
     assert (config.max_batch_delay_ms, config.response_timeout_s, config.job_queue_size) == (5.0, 120.0, 256)
     assert (config.model_version, config.max_retry_timeout_s) == (None, 300.0)
 

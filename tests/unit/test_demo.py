@@ -100,8 +100,8 @@ def test_build_writes_the_serving_files(built: tuple[Path, list[str]]) -> None:
         "num_labels": 2, "save_mode": "pretrained", "max_length": 128, "captum_explanation": True,
         "embedding_name": "bert",
     }  # fmt: skip
-    assert {k: config[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")} == {
-        "minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5}  # fmt: skip
+    assert {k: config.get(k) for k in ("minWorkers", "batchSize", "maxBatchDelay")} == {
+        "minWorkers": None, "batchSize": 8, "maxBatchDelay": 5}  # workers: one per core
     assert config["responseTimeout"] == 120
     assert json.loads((out / "index_to_name.json").read_text()) == {"0": "negative", "1": "positive"}
 
