@@ -71,6 +71,8 @@ def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
     overhead = round(c1_p50 - single, 2) if c1_p50 is not None and single is not None else None
     ratios = {
         "server_over_limit": _ratio(_get(top, "throughput_rps"), _get(limit, "best_seq_per_s")),
+        "server_over_side_by_side_limit": _ratio(_get(top, "throughput_rps"),
+                                                 _get(limit, "side_by_side", "best_seq_per_s")),
         "server_over_seed": _ratio(_get(top, "throughput_rps"), _get(report, "seed_way", "seq_per_s")),
         "p99_over_p50": _ratio(_get(top, "latency_ms", "p99"), _get(top, "latency_ms", "p50")),
         "v1_over_predictions": _ratio(_get(v1, "throughput_rps"), _get(top, "throughput_rps")),
@@ -127,6 +129,11 @@ def _limit_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"limit (eager forward, in process, seq/s)   {sizes}")
         lines.append(f"  best b{limit['best_batch_size']}: {limit['best_seq_per_s']:.1f} seq/s; "
                      f"single forward p50 {single}; tokenise+forward p50 {request}")
+        side = limit.get("side_by_side")
+        if side and side.get("batch_sizes"):
+            sizes = "  ".join(f"b{k}: {v['seq_per_s']:.0f}" for k, v in side["batch_sizes"].items())
+            lines.append(f"  side by side ({side['loops']} loops of 1 thread, as the server's workers)   {sizes}"
+                         f"   best {side['best_seq_per_s']:.1f} seq/s")
     seed = report.get("seed_way")
     if seed and "seq_per_s" in seed:
         lines.append(f"seed's way (pad to {seed['padded_length']}, one at a time)   "
@@ -138,8 +145,9 @@ def _server_lines(report: Mapping[str, Any]) -> list[str]:
     server = report.get("server")
     if not server or "phases" not in server:
         return []
-    lines = [f"server (startup {_fmt(server.get('startup_s'), ' s')}, {server.get('intra_op_threads')} torch "
-             f"thread(s), OMP_WAIT_POLICY {server.get('omp_wait_policy')})"]
+    lines = [f"server (startup {_fmt(server.get('startup_s'), ' s')}, {server.get('model_workers')} model "
+             f"worker(s) of {server.get('intra_op_threads')} torch thread(s), "
+             f"OMP_WAIT_POLICY {server.get('omp_wait_policy')})"]
     lines += [_phase_line(p) for p in server["phases"]]
     mixed = server.get("predictions_during_explanations")
     if mixed:
@@ -222,7 +230,8 @@ def _explanation_lines(report: Mapping[str, Any]) -> list[str]:
 def _ratio_line(derived: Mapping[str, Any]) -> str:
     c = derived.get("concurrency")
     within = _fmt(_get(derived, "targets", "c1_p50_within_single_forward_plus_3ms"))
-    line = (f"ratios   server c={c} / limit {_fmt(derived.get('server_over_limit'), digits=3)}   "
+    line = (f"ratios   server c={c} / limit {_fmt(derived.get('server_over_limit'), digits=3)} "
+            f"(side by side {_fmt(derived.get('server_over_side_by_side_limit'), digits=3)})   "
             f"server c={c} / seed {_fmt(derived.get('server_over_seed'), digits=2)}   "
             f"p99/p50 c={c} {_fmt(derived.get('p99_over_p50'), digits=2)}   "
             f"c=1 p50 - single forward {_fmt(derived.get('c1_p50_minus_single_forward_ms'), ' ms', 2)} "

@@ -52,6 +52,7 @@ def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ..
             # the predictor's --openmp_wait short-spin: GOMP_SPINCOUNT=10000, then sleep
             f"threads{cores}_short_spin": ({}, (*threads, "--openmp_wait", "short-spin"))}
 
+SIDE_BY_SIDE_SIZES = (1, 2, 4)  # one-thread passes are fastest at small batches (the limit shows it)
 MODEL_NAME = "bench"
 GENERATOR_NAME = "gen"
 
@@ -131,12 +132,15 @@ def available_cores() -> int:
 # ---- sections ---------------------------------------------------------------------------------
 def measure_limit(run: Run) -> dict[str, Any]:
     """The eager model alone, per batch size; plus one text tokenised and run alone."""
-    from benchmarks.inprocess import forward_sweep, single_request_ms
+    from benchmarks.inprocess import forward_sweep, side_by_side_sweep, single_request_ms
 
     s = run.settings
     result = forward_sweep(run.classifier, run.texts, s.batch_sizes, s.inprocess_s, s.attempts)
     result["single_request_ms_median"] = single_request_ms(run.classifier, run.texts, s.inprocess_s,
                                                            s.attempts)
+    if s.threads > 1:  # the server's default layout: one single-threaded worker per core
+        result["side_by_side"] = side_by_side_sweep(run.classifier, run.texts, SIDE_BY_SIDE_SIZES,
+                                                    s.inprocess_s, loops=s.threads, attempts=s.attempts)
     return result
 
 
@@ -213,7 +217,8 @@ def measure_server(run: Run) -> dict[str, Any]:
     requests = prediction_requests(run.texts, MODEL_NAME)
     server = ServerProcess(run.models.classifier, MODEL_NAME, run.workdir / "server.log")
     result: dict[str, Any] = {"startup_s": server.start(), "command": " ".join(server.command()[1:]),
-                              "intra_op_threads": server.intra_op_threads(),
+                              "model_workers": (server.worker_plan() or (None, None))[0],
+                              "intra_op_threads": (server.worker_plan() or (None, None))[1],
                               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "the predictor's default")}
     try:
         phases = [_phase(server, "predictions", requests["predictions"], c, s) for c in s.concurrencies]

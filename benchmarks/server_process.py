@@ -192,13 +192,13 @@ class ServerProcess:
         """The server's CPU time so far."""
         return cpu_seconds(self.pid)
 
-    def intra_op_threads(self) -> int | None:
-        """The torch threads the server chose, as its log says."""
+    def worker_plan(self) -> tuple[int, int] | None:
+        """(model workers, torch threads of each) as the server's log says."""
         try:
-            found = re.findall(r"torch intra-op threads: (\d+)", self.log_path.read_text(errors="replace"))
+            found = re.findall(r"model workers: (\d+) of (\d+) torch thread", self.log_path.read_text(errors="replace"))
         except OSError:
             return None
-        return int(found[-1]) if found else None
+        return (int(found[-1][0]), int(found[-1][1])) if found else None
 
     def log_tail(self, lines: int = 25) -> str:
         """The last lines the server logged."""
