@@ -275,7 +275,9 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines += _limit_lines(report) + _server_lines(report) + _kserve_hf_lines(report) + _soak_lines(report)
     if report.get("derived"):
         lines.append(_ratio_line(report["derived"]))
-    lines += _variant_lines(report, "server_variants", "server variants (torch threads, OpenMP waiting)")
+    lines += _variant_lines(report, "server_variants", "server variants (one worker of every core, OpenMP waiting)")
+    lines += _variant_lines(report, "neighbour", "with one busy process on the same cores (other work: 1 core, "
+                                                 "by design)")
     lines += _backend_lines(report) + _variant_lines(report, "backend_servers", "server with each backend")
     lines += _generation_lines(report) + _explanation_lines(report)
     for name, error in report.get("errors", {}).items():

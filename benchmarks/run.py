@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +39,15 @@ from benchmarks.server_process import ServerError, ServerProcess, batch_metrics 
 logger = logging.getLogger("benchmarks")
 
 SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "soak", "server_variants",
-            "backend_servers", "generation")
+            "neighbour", "backend_servers", "generation")
+DISTURBED_BY_DESIGN = ("neighbour",)  # sections whose busy neighbour is the point, not a flaw of the run
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
-    """Full run only: the server with every core for torch and its OpenMP threads spinning when idle,
-    sleeping at once, or spinning briefly (10k rounds) and then sleeping (--openmp_wait short-spin).
-    The predictor's own choice
-    is measured in `server`, which records it."""
+    """Full run only: the server as one model worker with every core for torch (the layout before
+    model workers), its OpenMP threads spinning when idle, sleeping at once, or spinning briefly
+    (10k rounds) and then sleeping (--openmp_wait short-spin). The predictor's own choice is
+    measured in `server`, which records it."""
     threads = ("--intra_op_threads", str(cores))
     return {f"threads{cores}_spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, threads),
             f"threads{cores}_passive": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}, threads),
@@ -89,7 +91,7 @@ class Settings:
                                   "generation_s": 2.0, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
                                                     if s not in ("server_variants", "backend_servers",
-                                                                 "kserve_hf", "soak"))}
+                                                                 "kserve_hf", "soak", "neighbour"))}
         return cls(**{**values, **overrides})
 
 
@@ -282,6 +284,20 @@ def measure_server_variants(run: Run) -> dict[str, Any]:
             for name, (env, args) in server_variants(run.settings.threads).items()}
 
 
+def measure_neighbour(run: Run) -> dict[str, Any]:
+    """The server while one busy process shares its cores (a noisy pod on a shared node), at
+    concurrency 1 and the top one: the predictor's defaults, and --openmp_wait passive."""
+    concurrencies = sorted({1, max(run.settings.concurrencies)})
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        return {"default": _variant_server(run, "neighbour_default", concurrencies),
+                "passive": _variant_server(run, "neighbour_passive", concurrencies,
+                                           extra_args=("--openmp_wait", "passive"))}
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 def measure_kserve_hf(run: Run) -> dict[str, Any]:
     """KServe's HuggingFace runtime (re-created: benchmarks/kserve_hf.py) on the same model and texts, v1."""
     from benchmarks.kserve_hf import KServeHFProcess
@@ -394,11 +410,13 @@ def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
     run.section("kserve_hf", lambda: measure_kserve_hf(run))
     run.section("soak", lambda: measure_soak(run))
     run.section("server_variants", lambda: measure_server_variants(run))
+    run.section("neighbour", lambda: measure_neighbour(run))
     run.section("backend_servers", lambda: measure_backend_servers(run))
     run.section("generation", lambda: measure_generation(run))
     run.report["derived"] = derive(run.report, max(settings.concurrencies))
     run.report["meta"]["load_average_end"] = machine.load_average()
-    busy = [v for v in run.report.get("section_foreign_cpu_cores", {}).values() if v is not None]
+    busy = [v for k, v in run.report.get("section_foreign_cpu_cores", {}).items()
+            if v is not None and k not in DISTURBED_BY_DESIGN]
     run.report["meta"]["foreign_cpu_cores_max"] = max(busy) if busy else None
     return run.report
 

@@ -88,9 +88,15 @@ class StopWhenCancelled:
 
     def __init__(self, instances: Sequence[Instance]) -> None:
         self.instances = list(instances)
+        self._none: torch.Tensor | None = None  # the answer while nothing is cancelled, made once
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.tensor([i.cancelled for i in self.instances], device=input_ids.device)
+        flags = [i.cancelled for i in self.instances]
+        if any(flags):
+            return torch.tensor(flags, device=input_ids.device)
+        if self._none is None:
+            self._none = torch.zeros(len(flags), dtype=torch.bool, device=input_ids.device)
+        return self._none
 
 
 _SAMPLING = threading.Lock()
