@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
+from collections import deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,36 +106,62 @@ class LoneBatchThreads:
     When the other workers are idle, a lone request may use every core. That pays when idle OpenMP
     threads spin briefly (--openmp_wait short-spin: MiniLM 6.2 ms instead of 8.3 on one thread) and
     loses when they sleep at once (9.7 ms), or when another process keeps a core busy (every barrier
-    of the pass then waits for a descheduled thread). So it is measured, not assumed: each lone
-    batch's time per input feeds the average of the thread count it used, the faster count is
-    used, and every `explore_every`-th lone batch tries the other count, so that a change (a
-    neighbour that comes or goes) is noticed within a few hundred lone requests.
+    of the pass then waits for a descheduled thread). So it is measured, not assumed, in trials: the
+    next `trial` lone batches alternate between the two counts (so both meet the same texts and the
+    same neighbours), the count with the lower median time per input wins, and it is used for the
+    next `keep` lone batches. A new trial starts early when the winner's last `trial / 2` batches
+    take `slower` times its trial median: a neighbour arrived. Medians, because request lengths
+    vary more than the two counts differ; a running average of single batches flip-flopped.
     """
 
-    def __init__(self, own: int, every: int, *, explore_every: int = 32, weight: float = 0.25) -> None:
+    def __init__(self, own: int, every: int, *, trial: int = 32, keep: int = 512, slower: float = 1.5) -> None:
         self.own = own
         self.every = every
-        self.explore_every = explore_every
-        self.weight = weight
-        self.seconds: dict[int, float] = {}  # running average of seconds per input, per thread count
-        self._batches = 0
+        self.trial = trial
+        self.keep = keep
+        self.slower = slower
+        self.choice = own
+        self.medians: dict[int, float] = {}  # of the last trial: seconds per input, per thread count
+        self._samples: dict[int, list[float]] = {own: [], every: []}
+        self._recent: deque[float] = deque(maxlen=max(1, trial // 2))  # the winner's, since the trial
+        self._trial_choices = 0
+        self._kept = 0
+
+    @property
+    def in_trial(self) -> bool:
+        """True while the two counts are being compared."""
+        return self._kept <= 0
 
     def choose(self) -> int:
         """The thread count for the next lone batch."""
         if self.every <= self.own:
             return self.own
-        self._batches += 1
-        for threads in (self.own, self.every):
-            if threads not in self.seconds:
-                return threads
-        best, other = sorted((self.own, self.every), key=self.seconds.__getitem__)
-        return other if self._batches % self.explore_every == 0 else best
+        if not self.in_trial:
+            self._kept -= 1
+            return self.choice
+        self._trial_choices += 1
+        return self.own if self._trial_choices % 2 else self.every
 
     def record(self, threads: int, seconds_per_input: float) -> None:
         """What a lone batch on `threads` threads took."""
-        previous = self.seconds.get(threads)
-        self.seconds[threads] = (seconds_per_input if previous is None
-                                 else previous + self.weight * (seconds_per_input - previous))
+        if self.every <= self.own:
+            return
+        if not self.in_trial:
+            if threads == self.choice:
+                self._recent.append(seconds_per_input)
+                if (len(self._recent) == self._recent.maxlen
+                        and statistics.median(self._recent) > self.slower * self.medians[self.choice]):
+                    self._kept = 0  # much slower than when it won: compare again
+            return
+        samples = self._samples.setdefault(threads, [])
+        samples.append(seconds_per_input)
+        if all(len(self._samples[t]) >= self.trial // 2 for t in (self.own, self.every)):
+            self.medians = {t: statistics.median(v) for t, v in self._samples.items()}
+            self.choice = min((self.own, self.every), key=self.medians.__getitem__)
+            self._samples = {self.own: [], self.every: []}
+            self._recent.clear()
+            self._trial_choices = 0
+            self._kept = self.keep
 
 
 def available_cores() -> int:

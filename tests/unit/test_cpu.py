@@ -78,26 +78,51 @@ def test_worker_plan(cores: int, kwargs: dict[str, object], expected: WorkerPlan
     assert plan_workers(cores, **kwargs) == expected  # type: ignore[arg-type]
 
 
-def test_a_lone_batch_tries_both_counts_then_keeps_the_faster() -> None:
-    lone = LoneBatchThreads(own=1, every=2, explore_every=4)
-    assert lone.choose() == 1
-    lone.record(1, 0.008)
-    assert lone.choose() == 2
-    lone.record(2, 0.006)
-    picks = [lone.choose() for _ in range(12)]
-    assert picks.count(2) == 9 and picks.count(1) == 3  # every 4th lone batch explores the slower count
+def run_trial(lone: LoneBatchThreads, seconds: dict[int, list[float]]) -> None:
+    """Answer the chooser's trial picks with these times (round-robin per count)."""
+    used = {t: 0 for t in seconds}
+    while lone.in_trial:
+        threads = lone.choose()
+        lone.record(threads, seconds[threads][used[threads] % len(seconds[threads])])
+        used[threads] += 1
 
 
-def test_a_slowed_down_team_gives_way_and_comes_back() -> None:
-    lone = LoneBatchThreads(own=1, every=2, explore_every=4)
-    lone.record(1, 0.008)
-    lone.record(2, 0.006)
-    for _ in range(12):  # a neighbour now keeps a core busy: the two-thread team waits at every barrier
-        lone.record(2, 0.040)
-    assert [lone.choose() for _ in range(3)] == [1, 1, 1]
-    for _ in range(12):  # the neighbour left: the explorations see fast two-thread passes again
-        lone.record(2, 0.006)
-    assert [lone.choose() for _ in range(4)].count(2) == 3  # and the fourth explores one thread again
+def test_a_trial_alternates_both_counts_then_the_faster_is_kept() -> None:
+    lone = LoneBatchThreads(own=1, every=2, trial=8, keep=20)
+    picks = [lone.choose() for _ in range(4)]
+    assert picks == [1, 2, 1, 2]  # alternating: both meet the same texts and the same neighbours
+    for threads in picks:
+        lone.record(threads, {1: 0.008, 2: 0.006}[threads])
+    run_trial(lone, {1: [0.008], 2: [0.006]})
+    assert lone.medians == {1: 0.008, 2: 0.006} and lone.choice == 2
+    assert [lone.choose() for _ in range(20)] == [2] * 20
+    assert lone.in_trial  # and then it compares again
+
+
+def test_the_median_decides_not_one_long_request() -> None:
+    lone = LoneBatchThreads(own=1, every=2, trial=8)
+    # Two threads are faster on most texts; one very long text on two threads does not change that.
+    run_trial(lone, {1: [0.008, 0.009, 0.008, 0.010], 2: [0.006, 0.050, 0.006, 0.007]})
+    assert lone.choice == 2
+
+
+def test_a_neighbour_ends_the_keep_early_and_one_thread_wins() -> None:
+    lone = LoneBatchThreads(own=1, every=2, trial=8, keep=1000)
+    run_trial(lone, {1: [0.008], 2: [0.006]})
+    assert lone.choice == 2
+    for _ in range(3):  # a busy process arrived: the two-thread team waits at every barrier
+        lone.record(lone.choose(), 0.040)
+    assert not lone.in_trial  # a few slow batches could be long texts
+    lone.record(lone.choose(), 0.040)
+    assert lone.in_trial  # four in a row: the median of the last half-trial is far above the winning one
+    run_trial(lone, {1: [0.012], 2: [0.040]})
+    assert lone.choice == 1
+
+
+def test_passive_waiting_makes_one_thread_win() -> None:
+    lone = LoneBatchThreads(own=1, every=2, trial=8)
+    run_trial(lone, {1: [0.0083], 2: [0.0097]})  # measured: sleeping helpers cost more than they give
+    assert lone.choice == 1
 
 
 def test_one_count_is_no_choice() -> None:
