@@ -37,18 +37,21 @@ class ServerSpec:
     grace_period_s: int = 5
 
 
-# fixture name -> server. The generation servers run one torch thread: their tests need a generation to
-# take about as long on every run, and on a shared two-core machine two spinning intra-op threads made
-# generation up to ten times slower whenever other processes were busy.
+# fixture name -> server. The generation servers run one model worker of one torch thread: their tests
+# need a generation to take about as long on every run (on a shared two-core machine two spinning
+# intra-op threads made generation up to ten times slower whenever other processes were busy), and
+# they prove that abandoned work frees *the* worker: with a second one free, a request after an
+# uncancelled generation would be answered at once and the tests could not fail.
+ONE_WORKER = ("--model_workers", "1", "--intra_op_threads", "1")
 SERVERS: dict[str, ServerSpec] = {
     # Few Integrated-Gradients steps: schemathesis sends hundreds of valid explanation requests.
     "seq_server": ServerSpec("seq", config={"handler": {"n_steps": 4}}),
     "seq_limits_server": ServerSpec("seq", config={"limits": SMALL_LIMITS}),
     "gen_queue_server": ServerSpec("slow-gen", config={"jobQueueSize": GEN_QUEUE_SIZE, "batchSize": 2,
                                                        "handler": {"max_new_tokens_limit": GEN_TOKEN_CAP}},
-                                   args=("--intra_op_threads", "1")),
+                                   args=ONE_WORKER),
     "gen_timeout_server": ServerSpec("slow-gen", config={"responseTimeout": 1},
-                                     args=("--intra_op_threads", "1")),
+                                     args=ONE_WORKER),
     "oom_once_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-once"}),
     "oom_always_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-always"}),
     # Exiting takes 1.5 s idle and up to 6 s on a busy machine after the drain (interpreter teardown).
