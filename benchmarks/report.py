@@ -276,8 +276,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     if report.get("derived"):
         lines.append(_ratio_line(report["derived"]))
     lines += _variant_lines(report, "server_variants", "server variants (one worker of every core, OpenMP waiting)")
-    lines += _variant_lines(report, "neighbour", "with one busy process on the same cores (other work: 1 core, "
-                                                 "by design)")
+    lines += _variant_lines(report, "neighbour", "with one busy process on the same cores (the benchmark's own "
+                                                 "child, so not in 'other')")
     lines += _backend_lines(report) + _variant_lines(report, "backend_servers", "server with each backend")
     lines += _generation_lines(report) + _explanation_lines(report)
     for name, error in report.get("errors", {}).items():

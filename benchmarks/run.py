@@ -40,7 +40,6 @@ logger = logging.getLogger("benchmarks")
 
 SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "soak", "server_variants",
             "neighbour", "backend_servers", "generation")
-DISTURBED_BY_DESIGN = ("neighbour",)  # sections whose busy neighbour is the point, not a flaw of the run
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
@@ -415,8 +414,7 @@ def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
     run.section("generation", lambda: measure_generation(run))
     run.report["derived"] = derive(run.report, max(settings.concurrencies))
     run.report["meta"]["load_average_end"] = machine.load_average()
-    busy = [v for k, v in run.report.get("section_foreign_cpu_cores", {}).items()
-            if v is not None and k not in DISTURBED_BY_DESIGN]
+    busy = [v for v in run.report.get("section_foreign_cpu_cores", {}).values() if v is not None]
     run.report["meta"]["foreign_cpu_cores_max"] = max(busy) if busy else None
     return run.report
 
