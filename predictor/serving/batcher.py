@@ -71,17 +71,13 @@ class InferenceQueue:
             initializer=None if set_threads is None else functools.partial(set_threads, all_threads))
         self._busy_since: dict[object, float] = {}
         self._closing = False
+        metrics.WORKERS.set(workers)
 
     # ---- state -------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
         """Inputs waiting for a forward pass."""
         return len(self._jobs)
-
-    @property
-    def busy_workers(self) -> int:
-        """Model workers running a batch or a stream now."""
-        return len(self._busy_since)
 
     @property
     def wedged(self) -> bool:
@@ -127,10 +123,12 @@ class InferenceQueue:
             self._free = asyncio.Semaphore(self.workers)
         await self._free.acquire()
         self._idle -= 1
+        metrics.WORKERS_BUSY.set(self.workers - self._idle)
 
     def _give_back_worker(self) -> None:
         assert self._free is not None
         self._idle += 1
+        metrics.WORKERS_BUSY.set(self.workers - self._idle)
         self._free.release()
 
     def _next_batch(self, idle_workers: int) -> list[_Job]:

@@ -10,6 +10,8 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 QUEUE_DEPTH = Gauge("predictor_queue_depth", "Inputs waiting for a forward pass")
+WORKERS = Gauge("predictor_model_workers", "Model workers: forward passes that can run side by side")
+WORKERS_BUSY = Gauge("predictor_model_workers_busy", "Model workers running a batch or a stream now")
 BATCH_SIZE = Histogram("predictor_batch_size", "Inputs per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64))
 INFERENCE_SECONDS = Histogram(
     "predictor_inference_seconds", "Time of one forward pass (or generate call)",

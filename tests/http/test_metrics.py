@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from predictor.serving.cpu import available_cores, plan_workers
+
 
 def _sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the exposition text (0 when absent)."""
@@ -36,4 +38,8 @@ def test_batch_and_readiness_metrics(seq):
     seq.post("/v1/models/seq:predict", json={"instances": ["a", "b", "c"]})
     text = seq.get("/metrics").text
     assert "predictor_model_ready 1.0" in text
+    workers = plan_workers(available_cores()).workers  # the test servers run the default plan
+    assert f"predictor_model_workers {workers:.1f}" in text
+    busy = re.search(r"^predictor_model_workers_busy (\S+)$", text, re.MULTILINE)
+    assert busy and 0 <= float(busy.group(1)) <= workers
     assert float(re.search(r"^predictor_batch_size_count (\S+)$", text, re.MULTILINE).group(1)) >= 1
