@@ -6,11 +6,14 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import torch
+import uvloop
 
 from benchmarks.corpus import spread
 from predictor.config import load_model_config
@@ -25,63 +28,109 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def inprocess_generation(model_dir: Path, prompts: Sequence[str], max_new_tokens: int,
-                         duration_s: float) -> dict[str, Any]:
+@dataclass
+class Tally:
+    """Requests of one side (in process or through the server), pooled over the rounds."""
+
+    tokens: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)  # in process: the time to one token
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Tokens per second over the time spent in requests, medians in milliseconds."""
+        out: dict[str, Any] = {"requests": len(self.latencies), "tokens": self.tokens,
+                               "tokens_per_s": _round(self.tokens / sum(self.latencies), 1) if self.latencies else None,
+                               "latency_ms_median": _ms_median(self.latencies)}
+        if self.first:
+            out["first_token_ms_median"] = _ms_median(self.first)
+        return out
+
+
+class InProcessGenerator:
     """model.generate alone, greedy, one prompt at a time, truncated as the predictor truncates prompts."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    max_length = load_model_config(model_dir / "model-config.yaml").handler.max_length
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    tokenizer.truncation_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def generate(prompt: str, new_tokens: int) -> int:
-        enc = tokenizer(prompt, truncation=True, max_length=max_length, return_tensors="pt")
+        self.max_length = load_model_config(model_dir / "model-config.yaml").handler.max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.tokenizer.truncation_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+
+    def generate(self, prompt: str, new_tokens: int) -> int:
+        """Tokens generated for one prompt."""
+        enc = self.tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
+            out = self.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.eos_token_id)
         return int(out.shape[1] - enc["input_ids"].shape[1])
 
-    generate(prompts[0], max_new_tokens)  # warm-up
-    tokens, latencies, first = 0, [], []
-    deadline = time.perf_counter() + duration_s
-    n = 0
-    while time.perf_counter() < deadline or n < len(prompts):
-        prompt = prompts[n % len(prompts)]
-        started = time.perf_counter()
-        generate(prompt, 1)
-        first.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        tokens += generate(prompt, max_new_tokens)
-        latencies.append(time.perf_counter() - started)
-        n += 1
-    return {"requests": len(latencies), "tokens": tokens, "tokens_per_s": _round(tokens / sum(latencies), 1),
-            "latency_ms_median": _round(statistics.median(latencies) * 1000),
-            "first_token_ms_median": _round(statistics.median(first) * 1000)}
+    def measure(self, tally: Tally, prompts: Sequence[str], max_new_tokens: int, duration_s: float) -> None:
+        """Every prompt at least once, then until duration_s: the time to one token, then to all of them."""
+        self.generate(prompts[0], max_new_tokens)  # warm-up
+        deadline = time.perf_counter() + duration_s
+        n = 0
+        while time.perf_counter() < deadline or n < len(prompts):
+            prompt = prompts[n % len(prompts)]
+            started = time.perf_counter()
+            self.generate(prompt, 1)
+            tally.first.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            tally.tokens += self.generate(prompt, max_new_tokens)
+            tally.latencies.append(time.perf_counter() - started)
+            n += 1
 
 
 def server_generation(base_url: str, name: str, prompts: Sequence[str], max_new_tokens: int,
-                      duration_s: float) -> dict[str, Any]:
-    """One client, one request at a time (concurrency 1); tokens counted from the server's details."""
-    url = f"{base_url}/predictions/{name}"
-    tokens, latencies, errors = 0, [], []
-    with httpx.Client(timeout=120.0) as client:
-        client.post(url, json=_body(prompts[0], max_new_tokens, details=True))  # warm-up
+                      duration_s: float, tally: Tally | None = None) -> dict[str, Any]:
+    """One client, one request at a time (concurrency 1); tokens counted from the server's details.
+
+    The client is the load generator's (aiohttp on uvloop), the cheapest per request, since it shares
+    the server's cores. With `tally`, the requests are added to it (rounds pooled by the caller).
+    """
+    tally = Tally() if tally is None else tally
+    uvloop.run(_server_generation(f"{base_url}/predictions/{name}", prompts, max_new_tokens, duration_s, tally))
+    return {**tally.summary(), "errors": len(tally.errors), "error_samples": tally.errors[:3]}
+
+
+async def _server_generation(url: str, prompts: Sequence[str], max_new_tokens: int, duration_s: float,
+                             tally: Tally) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120.0)) as client:
+
+        async def post(prompt: str) -> tuple[int, Any]:
+            async with client.post(url, json=_body(prompt, max_new_tokens, details=True)) as response:
+                return response.status, await response.json(content_type=None)
+
+        await post(prompts[0])  # warm-up
         deadline = time.perf_counter() + duration_s
         n = 0
         while time.perf_counter() < deadline or n < len(prompts):
             started = time.perf_counter()
-            response = client.post(url, json=_body(prompts[n % len(prompts)], max_new_tokens, details=True))
+            status, answer = await post(prompts[n % len(prompts)])
             elapsed = time.perf_counter() - started
             n += 1
-            if response.status_code != 200:
-                errors.append(f"{response.status_code}: {response.text[:200]}")
+            if status != 200:
+                tally.errors.append(f"{status}: {str(answer)[:200]}")
                 continue
-            tokens += int(response.json()["generated_tokens"])
-            latencies.append(elapsed)
-    return {"requests": len(latencies), "errors": len(errors), "error_samples": errors[:3], "tokens": tokens,
-            "tokens_per_s": _round(tokens / sum(latencies), 1) if latencies else None,
-            "latency_ms_median": _round(statistics.median(latencies) * 1000) if latencies else None}
+            tally.tokens += int(answer["generated_tokens"])
+            tally.latencies.append(elapsed)
+
+
+def interleaved(model_dir: Path, base_url: str, name: str, prompts: Sequence[str], max_new_tokens: int,
+                duration_s: float, rounds: int) -> dict[str, Any]:
+    """In process and through the server, alternating in `rounds` rounds of duration_s / rounds each.
+
+    On a shared 2-core machine the speed of either drifts by several per cent within a minute;
+    alternating lets both meet the same drift, so their ratio holds still.
+    """
+    generator = InProcessGenerator(model_dir)
+    inprocess, server = Tally(), Tally()
+    for _ in range(max(1, rounds)):
+        generator.measure(inprocess, prompts, max_new_tokens, duration_s / max(1, rounds))
+        server_generation(base_url, name, prompts, max_new_tokens, duration_s / max(1, rounds), server)
+    return {"rounds": max(1, rounds), "inprocess": inprocess.summary(),
+            "server": {**server.summary(), "errors": len(server.errors), "error_samples": server.errors[:3]}}
 
 
 def _body(prompt: str, max_new_tokens: int, *, details: bool = False) -> dict[str, Any]:

@@ -73,6 +73,7 @@ class Settings:
     skip_backends: tuple[str, ...] = ()
     explain_inputs: int = 5
     generation_s: float = 8.0
+    generation_rounds: int = 4  # in process and server alternate (benchmarks/generation.py)
     max_new_tokens: int = 32
     stream_requests: int = 5
     soak_s: float = 300.0  # memory over a long load at the top concurrency
@@ -87,7 +88,7 @@ class Settings:
         values: dict[str, Any] = {"quick": True, "duration_s": 5.0, "warmup_s": 1.0, "inprocess_s": 0.75,
                                   "backend_sizes": (8,), "backend_timeout_s": 180.0,
                                   "skip_backends": (backends_module.COMPILE,), "explain_inputs": 1,
-                                  "generation_s": 2.0, "stream_requests": 2, "attempts": 1,
+                                  "generation_s": 2.0, "generation_rounds": 2, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
                                                     if s not in ("server_variants", "backend_servers",
                                                                  "kserve_hf", "soak", "neighbour"))}
@@ -235,12 +236,12 @@ def measure_server(run: Run) -> dict[str, Any]:
 
 def _predictions_during_explanations(server: ServerProcess, run: Run) -> dict[str, Any]:
     """One client posts predictions while another asks for explanations back to back."""
-    import asyncio
+    import uvloop
 
     explain = [Request(f"/explanations/{MODEL_NAME}", t.encode("utf-8"))
                for t in spread(run.texts, max(3, run.settings.explain_inputs))]
     streams = [(prediction_requests(run.texts, MODEL_NAME)["predictions"], 1), (explain, 1)]
-    result = asyncio.run(run_phase(server.base_url, streams, duration_s=run.settings.duration_s,
+    result = uvloop.run(run_phase(server.base_url, streams, duration_s=run.settings.duration_s,
                                    warmup_s=run.settings.warmup_s))
     predictions, explanations = result.pop("streams")
     result.pop("probe_start"), result.pop("probe_end")
@@ -345,28 +346,17 @@ def measure_generation(run: Run) -> dict[str, Any]:
 
     s = run.settings
     prompts = generation.generation_prompts(run.texts, 8)
-    result: dict[str, Any] = {
-        "max_new_tokens": s.max_new_tokens,
-        "inprocess": generation.inprocess_generation(run.models.generator, prompts, s.max_new_tokens,
-                                                     s.generation_s)}
     server = ServerProcess(run.models.generator, GENERATOR_NAME, run.workdir / "server.gen.log")
-    result["startup_s"] = server.start()
+    startup = server.start()
     try:
-        result["server"] = generation.server_generation(server.base_url, GENERATOR_NAME, prompts,
-                                                        s.max_new_tokens, s.generation_s)
+        result: dict[str, Any] = {
+            "max_new_tokens": s.max_new_tokens, "startup_s": startup,
+            **generation.interleaved(run.models.generator, server.base_url, GENERATOR_NAME, prompts,
+                                     s.max_new_tokens, 2 * s.generation_s, s.generation_rounds)}
         result["stream"] = generation.server_streaming(server.base_url, GENERATOR_NAME, run.models.generator,
                                                        prompts, s.max_new_tokens, s.stream_requests)
     finally:
         server.stop()
-    # A model this small gains nothing from a second thread and pays an OpenMP wake-up per operation.
-    single = ServerProcess(run.models.generator, GENERATOR_NAME, run.workdir / "server.gen1.log",
-                           extra_args=("--intra_op_threads", "1"))
-    single.start()
-    try:
-        result["server_one_thread"] = generation.server_generation(single.base_url, GENERATOR_NAME, prompts,
-                                                                   s.max_new_tokens, s.generation_s)
-    finally:
-        single.stop()
     return result
 
 
