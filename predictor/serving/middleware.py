@@ -6,7 +6,7 @@ import contextvars
 import json
 import logging
 import time
-import uuid
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +21,15 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as uuid4().hex looks; from the process's PRNG, not the OS.
+
+    Request ids need to be unique, not unguessable: uuid4 reads os.urandom (a system call) on the
+    event loop for every request.
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdLogFilter(logging.Filter):
@@ -57,7 +66,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or new_request_id()
         token = request_id_var.set(request_id)
         limit = self.max_body_bytes()
         started = time.perf_counter()
