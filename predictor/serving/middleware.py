@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import time
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
