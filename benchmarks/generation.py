@@ -125,12 +125,12 @@ def interleaved(model_dir: Path, base_url: str, name: str, prompts: Sequence[str
     alternating lets both meet the same drift, so their ratio holds still.
     """
     generator = InProcessGenerator(model_dir)
+    rounds = max(1, rounds)
     inprocess, server = Tally(), Tally()
-    for _ in range(max(1, rounds)):
-        generator.measure(inprocess, prompts, max_new_tokens, duration_s / max(1, rounds))
-        server_generation(base_url, name, prompts, max_new_tokens, duration_s / max(1, rounds), server)
-    return {"rounds": max(1, rounds), "inprocess": inprocess.summary(),
-            "server": {**server.summary(), "errors": len(server.errors), "error_samples": server.errors[:3]}}
+    for _ in range(rounds):
+        generator.measure(inprocess, prompts, max_new_tokens, duration_s / rounds)
+        served = server_generation(base_url, name, prompts, max_new_tokens, duration_s / rounds, server)
+    return {"rounds": rounds, "inprocess": inprocess.summary(), "server": served}  # served: pooled so far
 
 
 def _body(prompt: str, max_new_tokens: int, *, details: bool = False) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from kserve import errors as kserve_errors
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserve depends on timing-asgi)
 
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
@@ -137,9 +138,6 @@ def install_event_loop(choice: str) -> str:
     return "uvloop"
 
 
-KSERVE_TIMING_MIDDLEWARE = "TimingMiddleware"  # timing_asgi's, which kserve adds to every app
-
-
 def without_request_timing(app: FastAPI) -> None:
     """Leave kserve's per-request timing middleware out of the app's middleware stack.
 
@@ -151,8 +149,7 @@ def without_request_timing(app: FastAPI) -> None:
     build = app.build_middleware_stack
 
     def build_without_timing() -> Any:
-        app.user_middleware = [m for m in app.user_middleware
-                               if getattr(m.cls, "__name__", "") != KSERVE_TIMING_MIDDLEWARE]
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
         return build()
 
     app.build_middleware_stack = build_without_timing  # type: ignore[method-assign]
