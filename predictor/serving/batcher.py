@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,10 +38,16 @@ class InferenceQueue:
     A batch is dispatched as soon as a model worker is free: a lone request waits for nothing, and
     requests that arrive while the workers are busy form the next batches. `workers` threads run
     forward passes side by side on the one copy of the model (so the event loop keeps answering
-    probes), each on `threads` torch threads; a batch that runs alone may use every core
-    (`all_threads`) while that measures faster (LoneBatchThreads). Explanations get their own
-    thread, on every core, so predictions keep flowing while one runs. `set_threads` sets the
-    torch threads of the calling thread; without it, thread counts are left as they are.
+    probes), each on `threads` torch threads.
+
+    Work on every core (`all_threads`) runs on one more thread, the wide thread: explanations, and
+    a batch that runs alone (nothing else queued or computing) while that measures faster
+    (LoneBatchThreads). One thread, because libgomp throttles the spin of idle OpenMP threads to
+    100 rounds once a process has more of them than cores: a second team of every core (a worker
+    switching its count for a lone batch, or a separate explanation thread) made every team sleep
+    between parallel regions, and a lone MiniLM pass took 13 ms on two threads instead of 6.4
+    (and 10 on one). `set_threads` sets the torch threads of the calling thread; without it,
+    thread counts are left as they are and nothing runs on the wide thread but explanations.
     """
 
     def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float,
@@ -55,7 +61,6 @@ class InferenceQueue:
         self.timeout_s = timeout_s
         self.workers = workers
         self.threads = threads
-        self._set_threads = set_threads
         self.lone_threads = LoneBatchThreads(threads, all_threads if set_threads is not None else threads)
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -66,9 +71,10 @@ class InferenceQueue:
         self._model_threads = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="predictor-model",
             initializer=None if set_threads is None else functools.partial(set_threads, threads))
-        self._explain_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="predictor-explain",
+        self._wide_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="predictor-wide",
             initializer=None if set_threads is None else functools.partial(set_threads, all_threads))
+        self._wide_jobs = 0  # submitted to the wide thread and not finished (read and written on the loop)
         self._busy_since: dict[object, float] = {}
         self._closing = False
         metrics.WORKERS.set(workers)
@@ -157,7 +163,7 @@ class InferenceQueue:
                 if not batch:
                     self._give_back_worker()
                     break
-                alone = self._idle == self.workers - 1 and not self._jobs
+                alone = self._idle == self.workers - 1 and not self._jobs and not self._wide_jobs
                 threads = self.lone_threads.choose() if alone else self.threads
                 task = asyncio.get_running_loop().create_task(self._run_and_release(batch, threads, alone))
                 self._running.add(task)
@@ -172,19 +178,13 @@ class InferenceQueue:
         finally:
             self._give_back_worker()
 
-    def _predict_on(self, threads: int, instances: list[Instance]) -> list[Prediction]:
-        """handler.predict on `threads` torch threads (this worker's own count again afterwards)."""
-        if threads == self.threads or self._set_threads is None:
-            return self.handler.predict(instances)
-        self._set_threads(threads)
-        try:
-            return self.handler.predict(instances)
-        finally:
-            self._set_threads(self.threads)
-
     async def _run_batch(self, batch: list[_Job], threads: int) -> None:
+        instances = [job.instance for job in batch]
         try:
-            results = await self._on_model_thread(self._predict_on, threads, [job.instance for job in batch])
+            if threads == self.threads:
+                results = await self._on_model_thread(self.handler.predict, instances)
+            else:
+                results = await self._on_wide_thread(self.handler.predict, instances)
         except PredictorError as exc:
             if len(batch) > 1:
                 # One input must not sink the others: answer each alone.
@@ -197,19 +197,33 @@ class InferenceQueue:
             _settle(job.future, result=result)
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._tracked(asyncio.get_running_loop().run_in_executor(self._model_threads, fn, *args))
+
+    async def _on_wide_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn on the wide thread, counted in _wide_jobs until it has finished there, even when the
+        caller stops waiting (a timeout): a running explanation still keeps every core busy."""
         loop = asyncio.get_running_loop()
+        self._wide_jobs += 1
+        submitted = self._wide_thread.submit(fn, *args)
+        submitted.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wide_job_done))
+        return await self._tracked(asyncio.wrap_future(submitted))
+
+    def _wide_job_done(self) -> None:
+        self._wide_jobs -= 1
+
+    async def _tracked(self, work: Awaitable[T]) -> T:
+        """Await work on a thread, counted as running for `wedged` meanwhile."""
         token = object()
         self._busy_since[token] = time.monotonic()
         try:
-            return await loop.run_in_executor(self._model_threads, fn, *args)
+            return await work
         finally:
             del self._busy_since[token]
 
     # ---- explanations and streams --------------------------------------------------------------
     async def explain(self, instances: Sequence[Instance]) -> list[Any]:
-        """Explanations, one at a time on the explanation thread, under the same timeout."""
+        """Explanations, one at a time on the wide thread, under the same timeout."""
         self._admit(len(instances))
-        loop = asyncio.get_running_loop()
         cancel = threading.Event()
         cancellable = [_with_cancel(i, cancel) for i in instances]
 
@@ -217,7 +231,7 @@ class InferenceQueue:
             return [self.handler.explain(i) for i in cancellable]
 
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._explain_thread, explain_all), self.timeout_s)
+            return await asyncio.wait_for(self._on_wide_thread(explain_all), self.timeout_s)
         except asyncio.TimeoutError as exc:
             cancel.set()  # stops the running explanation at its next forward pass
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
@@ -260,7 +274,7 @@ class InferenceQueue:
     def shutdown(self) -> None:
         """Stop the worker threads once the queue is empty."""
         self._model_threads.shutdown(wait=False, cancel_futures=False)
-        self._explain_thread.shutdown(wait=False, cancel_futures=False)
+        self._wide_thread.shutdown(wait=False, cancel_futures=False)
 
 
 def _with_cancel(instance: Instance, cancel: threading.Event) -> Instance:

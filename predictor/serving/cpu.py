@@ -43,7 +43,7 @@ class WorkerPlan:
 
     workers: int
     threads: int  # intra-op threads of each model worker
-    explain_threads: int  # of the explanation thread: every usable core
+    explain_threads: int  # of the wide thread (explanations, lone batches): every usable core
     reason: str
 
 
@@ -54,8 +54,8 @@ def plan_workers(cores: int, *, workers: int | None = None, threads: int | None 
     Measured on MiniLM on 2 cores (benchmarks/): two workers of one thread each compute 197 to 207
     sequences/s at batch 1 to 2, one worker of two threads 125 to 157 (97 to 125 when its idle
     thread sleeps at once, as a shared container needs), because the threads of one forward pass
-    wait for each other at every operation and one-thread passes never do. A lone request also
-    gains: 8.3 ms for one thread against 9.7 ms for two whose helper sleeps. So by default every
+    wait for each other at every operation and one-thread passes never do. A lone request may
+    still run on every core, on the queue's wide thread (LoneBatchThreads). So by default every
     core runs its own forward pass up to 4 cores; above that, workers of 4 threads (not measured
     here: a bound on how slow a lone request on a big machine may get). A GPU or a torch.compile'd
     model gets one worker (GPU kernels queue on one stream anyway; compiled graphs are not called
@@ -81,8 +81,9 @@ SHORT_SPIN_COUNT = "10000"
 def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | None = None) -> None:
     """How PyTorch's idle OpenMP threads wait; must run before torch is imported. Variables already set win.
 
-    OpenMP teams exist only where a pass runs on several threads: a lone request on every core
-    (LoneBatchThreads), explanations, and workers of several threads on big machines.
+    OpenMP teams exist only where a pass runs on several threads: the wide thread (a lone request
+    on every core, explanations) and workers of several threads on big machines. libgomp spins at
+    most 100 rounds, whatever is set here, once the process has more OpenMP threads than cores.
     short-spin (default): they spin 10,000 rounds (tens of microseconds: the gaps between the
     parallel regions of one forward pass), then sleep. passive: they sleep at once, and every parallel
     region pays a wake-up, so a lone request is faster on one thread than on two.
@@ -103,10 +104,11 @@ def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | 
 class LoneBatchThreads:
     """Torch threads for a batch that runs alone: every core, or the worker's own share, whichever is faster.
 
-    When the other workers are idle, a lone request may use every core. That pays when idle OpenMP
-    threads spin briefly (--openmp_wait short-spin: MiniLM 6.2 ms instead of 8.3 on one thread) and
-    loses when they sleep at once (9.7 ms), or when another process keeps a core busy (every barrier
-    of the pass then waits for a descheduled thread). So it is measured, not assumed, in trials: the
+    When the other workers are idle, a lone request may use every core (on the queue's wide
+    thread, the only one whose OpenMP team spans every core). That pays when idle OpenMP threads
+    spin briefly (--openmp_wait short-spin: MiniLM 6.4 ms instead of 9.7 on one thread) and loses
+    when they sleep at once (13 ms), or when another process keeps a core busy (every barrier of
+    the pass then waits for a descheduled thread). So it is measured, not assumed, in trials: the
     next `trial` lone batches alternate between the two counts (so both meet the same texts and the
     same neighbours), the count with the lower median time per input wins, and it is used for the
     next `keep` lone batches. A new trial starts early when the winner's last `trial / 2` batches

@@ -1,5 +1,6 @@
 """Model workers: forward passes side by side on one copy of the weights, a burst shared among them,
-the same answers as one worker, and a lone batch's thread count chosen by measurement."""
+the same answers as one worker, and a lone batch's thread count chosen by measurement (every core on
+the wide thread, the one that also runs explanations)."""
 
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def _close(got: list[Any], want: list[Any]) -> bool:
     return strip(got) == strip(want)
 
 
-def test_lone_batches_try_every_core_against_one_thread(handlers: dict[str, GeneralizedHandler]) -> None:
+def test_lone_batches_try_every_core_on_the_wide_thread(handlers: dict[str, GeneralizedHandler]) -> None:
     handler = handlers["sequence_classification"]
     calls: list[tuple[str, int]] = []
 
@@ -111,18 +112,54 @@ def test_lone_batches_try_every_core_against_one_thread(handlers: dict[str, Gene
             for text in TEXTS[:6]:
                 await queue.predict([handler.parse(text)])
 
-        asyncio.run(one_at_a_time())
+        with observed(handler) as passes:
+            asyncio.run(one_at_a_time())
     finally:
         queue.shutdown()
         torch.set_num_threads(before)
-    per_worker: dict[str, list[int]] = {}
-    for name, threads in calls:
-        if name.startswith("predictor-model"):
-            per_worker.setdefault(name, []).append(threads)
-    # Each worker starts on its own share; a lone batch that tries every core goes back to 1 after it.
-    assert all(counts[0] == 1 and counts[-1] == 1 for counts in per_worker.values()), per_worker
-    # Six lone batches of a trial alternate one thread and every core: three ran on two threads.
-    assert sum(counts.count(2) for counts in per_worker.values()) == 3, per_worker
+    # Thread counts are set once per thread, never switched: workers on their share, the wide thread on every core.
+    assert all(threads == (2 if name.startswith("predictor-wide") else 1) for name, threads in calls), calls
+    assert len(calls) == len({name for name, _ in calls}), calls
+    # Six lone batches of a trial alternate one thread and every core: three ran on the wide thread.
+    ran_on = [name.rsplit("_", 1)[0] for name, *_ in passes]
+    assert ran_on.count("predictor-wide") == 3 and ran_on.count("predictor-model") == 3, ran_on
+
+
+def test_lone_batches_stay_on_a_worker_while_an_explanation_holds_the_wide_thread(
+        handlers: dict[str, GeneralizedHandler]) -> None:
+    handler = handlers["sequence_classification"]
+    queue = InferenceQueue(handler, batch_size=4, capacity=64, timeout_s=60, workers=2, threads=1,
+                           all_threads=2, set_threads=torch.set_num_threads)
+    before = torch.get_num_threads()
+    release = threading.Event()
+    explaining = threading.Event()
+
+    def slow_explain(instance: Any) -> str:
+        explaining.set()
+        release.wait(30)
+        return "explained"
+
+    try:
+        async def predictions_during_an_explanation() -> list[Any]:
+            explanation = asyncio.ensure_future(queue.explain([handler.parse("a long explanation")]))
+            await asyncio.to_thread(explaining.wait, 30)
+            answers = [await queue.predict([handler.parse(text)]) for text in TEXTS[:4]]
+            release.set()
+            return [answers, await explanation]
+
+        with observed(handler) as passes:
+            original, handler.explain = handler.explain, slow_explain  # type: ignore[method-assign]
+            try:
+                answers, explanation = asyncio.run(predictions_during_an_explanation())
+            finally:
+                handler.explain = original  # type: ignore[method-assign]
+    finally:
+        release.set()
+        queue.shutdown()
+        torch.set_num_threads(before)
+    assert explanation == ["explained"] and len(answers) == 4
+    # Not alone: every prediction ran on a worker; none waited behind the explanation on the wide thread.
+    assert [name.rsplit("_", 1)[0] for name, *_ in passes] == ["predictor-model"] * 4, passes
 
 
 def test_at_least_one_worker() -> None:
