@@ -192,7 +192,7 @@ def configure_threads(plan: WorkerPlan) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work has started
         pass
-    logger.info("model workers: %d of %d torch thread(s) each (%s), explanations %d thread(s)",
+    logger.info("model workers: %d of %d torch thread(s) each (%s), wide thread %d (explanations, lone batches)",
                 plan.workers, plan.threads, plan.reason, plan.explain_threads)
 
 
