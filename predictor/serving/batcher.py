@@ -205,11 +205,17 @@ class InferenceQueue:
         loop = asyncio.get_running_loop()
         self._wide_jobs += 1
         submitted = self._wide_thread.submit(fn, *args)
-        submitted.add_done_callback(lambda _: loop.call_soon_threadsafe(self._wide_job_done))
+        submitted.add_done_callback(functools.partial(self._wide_job_done, loop))
         return await self._tracked(asyncio.wrap_future(submitted))
 
-    def _wide_job_done(self) -> None:
-        self._wide_jobs -= 1
+    def _wide_job_done(self, loop: asyncio.AbstractEventLoop, _: object) -> None:
+        def count() -> None:
+            self._wide_jobs -= 1
+
+        try:
+            loop.call_soon_threadsafe(count)
+        except RuntimeError:  # the loop has closed (an abandoned explanation finished after shutdown)
+            pass
 
     async def _tracked(self, work: Awaitable[T]) -> T:
         """Await work on a thread, counted as running for `wedged` meanwhile."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from predictor.errors import InferenceTimeoutError
 from predictor.handler import GeneralizedHandler
 from predictor.serving.batcher import InferenceQueue
 
@@ -165,3 +166,29 @@ def test_lone_batches_stay_on_a_worker_while_an_explanation_holds_the_wide_threa
 def test_at_least_one_worker() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         InferenceQueue(object(), batch_size=1, capacity=1, timeout_s=1, workers=0)  # type: ignore[arg-type]
+
+
+def test_an_explanation_that_outlives_its_loop_finishes_quietly(handlers: dict[str, GeneralizedHandler],
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    handler = handlers["sequence_classification"]
+    queue = InferenceQueue(handler, batch_size=4, capacity=64, timeout_s=0.2, workers=1)
+    release = threading.Event()
+    finished = threading.Event()
+
+    def slow_explain(instance: Any) -> str:
+        release.wait(30)
+        finished.set()
+        return "explained"
+
+    original, handler.explain = handler.explain, slow_explain  # type: ignore[method-assign]
+    try:
+        with pytest.raises(InferenceTimeoutError):
+            asyncio.run(queue.explain([handler.parse("abandoned")]))
+        release.set()  # finishes on the wide thread after its event loop has closed
+        assert finished.wait(30)
+        time.sleep(0.1)  # the done callback runs right after
+    finally:
+        release.set()
+        handler.explain = original  # type: ignore[method-assign]
+        queue.shutdown()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], caplog.records
