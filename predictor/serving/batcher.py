@@ -203,8 +203,8 @@ class InferenceQueue:
         """fn on the wide thread, counted in _wide_jobs until it has finished there, even when the
         caller stops waiting (a timeout): a running explanation still keeps every core busy."""
         loop = asyncio.get_running_loop()
-        self._wide_jobs += 1
         submitted = self._wide_thread.submit(fn, *args)
+        self._wide_jobs += 1  # after submit, which raises once the queue has shut down
         submitted.add_done_callback(functools.partial(self._wide_job_done, loop))
         return await self._tracked(asyncio.wrap_future(submitted))
 
