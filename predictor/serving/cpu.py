@@ -43,7 +43,7 @@ class WorkerPlan:
 
     workers: int
     threads: int  # intra-op threads of each model worker
-    explain_threads: int  # of the wide thread (explanations, lone batches): every usable core
+    wide_threads: int  # of the wide thread (explanations, lone batches): every usable core
     reason: str
 
 
@@ -193,7 +193,7 @@ def configure_threads(plan: WorkerPlan) -> None:
     except RuntimeError:  # already set, or parallel work has started
         pass
     logger.info("model workers: %d of %d torch thread(s) each (%s), wide thread %d (explanations, lone batches)",
-                plan.workers, plan.threads, plan.reason, plan.explain_threads)
+                plan.workers, plan.threads, plan.reason, plan.wide_threads)
 
 
 def openmp_waiting(environ: MutableMapping[str, str] | None = None) -> str:
