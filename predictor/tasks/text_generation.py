@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,12 +54,18 @@ class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
     transformers' own streamer holds text back until a space (or a newline) arrives, so a continuation
     without one (code, many scripts, small models) only arrived at the very end. Incremental decoding
     with a prefix window (as text-generation-inference does) keeps each step O(1) and holds back only an
-    incomplete UTF-8 sequence (U+FFFD). The pieces concatenate to the decoded continuation.
+    incomplete UTF-8 sequence (U+FFFD) or a run of byte-fallback tokens (`<0xE2>`): SentencePiece's
+    decoder reads a run as one byte string, so a later invalid byte turns the earlier ones into U+FFFD
+    too. The pieces concatenate to the continuation as the whole sequence decodes it.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, prompt_tail: Sequence[int] = (), byte_ids: frozenset[int] = frozenset()) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.window = (0, 0)  # (prefix start, read offset) into token_cache
+        self.byte_ids = byte_ids
+        # The prompt's last tokens start the prefix window: a SentencePiece token decoded alone loses
+        # its leading space ("▁word" -> "word"), decoded after its predecessor it keeps it.
+        self.token_cache = list(prompt_tail)
+        self.window = (0, len(self.token_cache))  # (prefix start, read offset) into token_cache
 
     def _pending(self) -> tuple[str, str]:
         start, read = self.window
@@ -71,6 +78,8 @@ class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
             self.next_tokens_are_prompt = False
             return
         self.token_cache.extend(value.reshape(-1).tolist())
+        if self.token_cache[-1] in self.byte_ids:
+            return
         seen, text = self._pending()
         if len(text) > len(seen) and not text.endswith("\ufffd"):
             self.on_finalized_text(text[len(seen):])
@@ -99,6 +108,9 @@ class StopWhenCancelled:
         return self._none
 
 
+# Prompt tokens that open a stream's decoding window (enough context for any decoder's spacing).
+_PROMPT_TAIL = 4
+
 _SAMPLING = threading.Lock()
 
 
@@ -119,6 +131,22 @@ def sampling_rng(params: GenerationParams) -> Iterator[None]:
         yield
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def byte_fallback_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of SentencePiece byte-fallback tokens (`<0x00>`..`<0xFF>`); empty for other vocabularies."""
+    return frozenset(i for token, i in tokenizer.get_vocab().items() if _BYTE_TOKEN.fullmatch(token))
+
+
+def end_of_sequence_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a generation: the generation config's (one id or a list) and the tokenizer's."""
+    configured = getattr(getattr(model.module, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
 _PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
 _MAX_STOPS = 8
 
@@ -127,6 +155,12 @@ class TextGenerationTask(TaskBase):
     """TorchServe answer: prompt + generated text, sampled with the seed's defaults (top_p 0.95, top_k 60)."""
 
     name = TaskName.TEXT_GENERATION
+    padding_side = "left"  # every row continues from its last token
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eos_ids = end_of_sequence_ids(self.model, self.tokenizer)
+        self.byte_ids = byte_fallback_ids(self.tokenizer)
 
     def default_params(self) -> GenerationParams:
         """The seed handler's sampling defaults, with the configured token budget."""
@@ -265,22 +299,35 @@ class TextGenerationTask(TaskBase):
                 params, prompt_len, [e.instance for e in batch]))
         return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
 
-    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str, str]:
-        """The generated ids up to EOS, their text, and why generation ended (eos, stop or length)."""
-        eos = self.tokenizer.eos_token_id
+    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str]:
+        """The generated ids up to the first end-of-sequence id, and why generation ended (eos, stop or length)."""
         finish = "length"
-        if eos is not None and eos in new_ids:
-            new_ids = new_ids[: new_ids.index(eos) + 1]
+        end = next((n for n, token in enumerate(new_ids) if token in self.eos_ids), None)
+        if end is not None:
+            new_ids = new_ids[: end + 1]
             finish = "eos"
-        continuation = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        if params.stop and any(s in continuation for s in params.stop):
+        if params.stop and any(s in self.tokenizer.decode(new_ids, skip_special_tokens=True) for s in params.stop):
             finish = "stop"
-        return new_ids, continuation, finish
+        return new_ids, finish
+
+    def _echo(self, enc: Encoded) -> str:
+        """The prompt as the answer starts with it: the user's own text when the model saw only its tail."""
+        if enc.truncated:
+            return enc.instance.text
+        return self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+
+    def _continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
+        """The generated text as the whole sequence decodes it (pieces decoded apart lose or double spaces)."""
+        prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        whole = self.tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+        if whole.startswith(prompt):
+            return whole[len(prompt):]
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True)  # a decoder that rewrites the prompt
 
     def _answer(self, enc: Encoded, new_ids: list[int], params: GenerationParams) -> Prediction:
-        new_ids, continuation, finish = self._finish(new_ids, params)
-        prompt = self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
-        text = prompt + continuation  # equals the concatenation of the streamed chunks
+        new_ids, finish = self._finish(new_ids, params)
+        continuation = self._continuation(enc.rows[0]["input_ids"], new_ids)
+        text = self._echo(enc) + continuation  # equals the concatenation of the streamed chunks
         if not enc.instance.details:
             return text
         return {"generated_text": text, "continuation": continuation, "prompt_tokens": len(enc.rows[0]["input_ids"]),
@@ -293,7 +340,8 @@ class TextGenerationTask(TaskBase):
         """
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
-        streamer = TokenStreamer(self.tokenizer)
+        # Decoding only: the shared tokenizer, so this short-lived thread needs no copy of its own.
+        streamer = TokenStreamer(self.tokenizer.shared, enc.rows[0]["input_ids"][-_PROMPT_TAIL:], self.byte_ids)
         inputs = self._inputs([enc])
         prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []
@@ -312,14 +360,14 @@ class TextGenerationTask(TaskBase):
 
         worker = threading.Thread(target=generate, name="predictor-generate", daemon=True)
         worker.start()
-        yield self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+        yield self._echo(enc)
         for piece in streamer:
             if piece:
                 yield piece
         worker.join()
         if failure:
             raise failure[0]
-        new_ids, _, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
+        new_ids, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
         yield StreamEnd(finish_reason=finish, generated_tokens=len(new_ids), prompt_tokens=prompt_len)
 
     def explain(self, instance: Instance) -> Explanation:
