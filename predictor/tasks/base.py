@@ -44,6 +44,9 @@ class Instance:
     details: bool = False
     generation: GenerationParams | None = None
     n_steps: int | None = None  # Integrated Gradients steps asked for by an explanation request
+    # A generation prompt the server tokenised itself (a chat template's rendering, whose control
+    # tokens are special); `text` is then its decoding. None: `text` is tokenised as user text.
+    prompt_ids: tuple[int, ...] | None = None
     # Set by the server once nobody waits for the answer (timeout, client gone): long work (generation,
     # explanations) stops at its next step. Not part of the instance's value.
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)

@@ -199,7 +199,8 @@ class TextGenerationTask(TaskBase):
         context = self.context_size
         if context is None or instance.generation is None:
             return
-        prompt = min(len(self.tokenizer(instance.text)["input_ids"]), self.handler.max_length)
+        ids = instance.prompt_ids or self.tokenizer(instance.text)["input_ids"]
+        prompt = min(len(ids), self.handler.max_length)
         if prompt + instance.generation.max_new_tokens > context:
             raise InvalidRequestError(f"prompt ({prompt} tokens) + max_new_tokens "
                                       f"({instance.generation.max_new_tokens}) exceed the model's context of "
@@ -248,14 +249,42 @@ class TextGenerationTask(TaskBase):
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
         """Tokenise prompts, keeping the last max_length tokens of an over-long prompt."""
-        texts = [i.text for i in batch]
-        full = self.tokenizer(texts)["input_ids"]
-        enc = self.tokenizer(texts, truncation=True, max_length=self.handler.max_length)
-        return [
-            Encoded(instance=inst, rows=[{"input_ids": enc["input_ids"][n], "attention_mask": enc["attention_mask"][n]}],
-                    truncated=len(full[n]) > len(enc["input_ids"][n]))
-            for n, inst in enumerate(batch)
-        ]
+        texts = [i.text for i in batch if i.prompt_ids is None]
+        full = iter(self.tokenizer(texts)["input_ids"] if texts else [])
+        enc = iter(self.tokenizer(texts, truncation=True, max_length=self.handler.max_length)["input_ids"]
+                   if texts else [])
+        out = []
+        for instance in batch:
+            if instance.prompt_ids is None:
+                whole, ids = len(next(full)), next(enc)
+            else:
+                whole, ids = len(instance.prompt_ids), list(instance.prompt_ids[-self.handler.max_length:])
+            out.append(Encoded(instance=instance, rows=[{"input_ids": ids, "attention_mask": [1] * len(ids)}],
+                               truncated=whole > len(ids)))
+        return out
+
+    def parse_chat(self, messages: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any]) -> Instance:
+        """A conversation -> the prompt the tokenizer's chat template makes of it, ready for the assistant's turn.
+
+        The template's own control tokens are special; the same strings typed inside a message are text
+        (`sanitize_control_tokens`), so a user cannot open a system turn.
+        """
+        from jinja2 import TemplateError  # what transformers renders chat templates with
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequestError("this model's tokenizer has no chat template, so it cannot take chat messages; "
+                                      "send a text prompt instead")
+        try:
+            ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True,
+                                                     sanitize_control_tokens=True, return_dict=False)
+        except (TemplateError, ValueError, TypeError, KeyError) as exc:  # e.g. the template's "roles must alternate"
+            raise InvalidRequestError(f"messages: the model's chat template refused them: {exc}") from exc
+        if not ids:
+            raise InvalidRequestError("messages: the chat template made an empty prompt of them")
+        instance = Instance(text=self.tokenizer.decode(ids), prompt_ids=tuple(ids), details=True,
+                            generation=self.parse_params(parameters))
+        self.check_context(instance)
+        return instance
 
     def _generate_kwargs(self, params: GenerationParams, prompt_len: int,
                          instances: Sequence[Instance]) -> dict[str, Any]:
