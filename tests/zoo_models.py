@@ -8,14 +8,21 @@ has a model-config.yaml as a migrating TorchServe user writes it: mode, save_mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+import transformers
 import yaml
+
+from predictor.config import HandlerConfig
+from predictor.handler import GeneralizedHandler
 
 CORPUS_FILE = Path(__file__).parent / "data" / "zoo_corpus.txt"
 SEQ_LABELS = ["negative", "neutral", "positive"]
@@ -297,8 +304,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("modernbert", "encoder", modernbert_tokenizer, "TokenizersBackend"),
     Family("gpt2", "generator", gpt2_tokenizer, "GPT2Tokenizer", modes=("text_generation",),
            special_text="<|endoftext|>"),
-    Family("llama", "generator", llama_tokenizer, "LlamaTokenizer", modes=("text_generation",),
-           special_text="</s>"),
+    Family("llama", "generator", llama_tokenizer, "LlamaTokenizer", padding_side="left",
+           modes=("text_generation",), special_text="</s>"),
     # Mistral-7B's tokenizer_config names LlamaTokenizer; transformers 5 loads mistral checkpoints' tokenizer.json
     # as it is (TokenizersBackend), so this family tests the plain backend with right padding.
     Family("mistral", "generator", llama_tokenizer, "TokenizersBackend", modes=("text_generation",),
@@ -412,3 +419,115 @@ def build_zoo(root: Path, only: set[str] | None = None) -> dict[tuple[str, str],
             built[(family.name, mode)] = build_model(family, mode, root / f"{family.name}-{mode}", tokenizer,
                                                      seed=100 * n + m)
     return built
+
+
+# ---- test-side access: handlers and plain-transformers copies, made on first use ------------------------
+ALL = zoo_ids()
+ENCODERS = [(f, m) for f, m in ALL if m != "text_generation"]
+GENERATORS = [(f, m) for f, m in ALL if m == "text_generation"]
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(HandlerConfig)}
+MAX_ANSWER_LENGTH: int = _DEFAULTS["max_answer_length"]  # what a config without the key gets
+DOC_STRIDE: int = _DEFAULTS["doc_stride"]
+
+_AUTO = {"sequence_classification": transformers.AutoModelForSequenceClassification,
+         "token_classification": transformers.AutoModelForTokenClassification,
+         "question_answering": transformers.AutoModelForQuestionAnswering,
+         "text_generation": transformers.AutoModelForCausalLM}  # fmt: skip
+
+
+def ids(params: list[tuple[str, str]]) -> list[str]:
+    """Readable parametrize ids: family-mode."""
+    return [f"{f}-{m}" for f, m in params]
+
+
+@dataclass
+class Direct:
+    """The zoo folder loaded with plain transformers: the independent side of every comparison."""
+
+    zoo: ZooModel
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return transformers.AutoTokenizer.from_pretrained(self.zoo.path)
+
+    @cached_property
+    def model(self) -> Any:
+        return _AUTO[self.zoo.mode].from_pretrained(self.zoo.path).eval()
+
+    @cached_property
+    def id2label(self) -> dict[int, str]:
+        raw = json.loads((self.zoo.path / "config.json").read_text())["id2label"]
+        return {int(k): v for k, v in raw.items()}
+
+    def encode(self, *texts: str, **kwargs: Any) -> Any:
+        """The saved tokenizer, truncated to the folder's max_length, as tensors."""
+        kwargs.setdefault("truncation", True)
+        return self.tokenizer(*texts, max_length=self.zoo.max_length, return_tensors="pt", **kwargs)
+
+    def forward(self, enc: Any) -> Any:
+        inputs = {k: v for k, v in enc.items() if k in self.tokenizer.model_input_names}
+        with torch.no_grad():
+            return self.model(**inputs)
+
+    def generate(self, prompt: str, max_new_tokens: int, **kwargs: Any) -> tuple[str, list[int], list[int]]:
+        """Greedy generation of the whole sequence, decoded whole; also the prompt and the new ids."""
+        inputs = self.tokenizer(prompt, return_tensors="pt", **kwargs)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+        prompt_ids = inputs["input_ids"][0].tolist()
+        return (self.tokenizer.decode(out[0], skip_special_tokens=True), prompt_ids,
+                out[0, len(prompt_ids):].tolist())
+
+    @cached_property
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos])
+
+
+class Zoo:
+    """The built folders, their handlers and their direct copies, each made on first use."""
+
+    def __init__(self, models: dict[tuple[str, str], ZooModel], cache_dir: Path) -> None:
+        self.models = models
+        self.cache_dir = cache_dir
+        self._handlers: dict[tuple[str, str], GeneralizedHandler | BaseException] = {}
+        self._direct: dict[tuple[str, str], Direct] = {}
+
+    def handler(self, key: tuple[str, str]) -> GeneralizedHandler:
+        """The loaded core handler of a zoo model; a load failure fails the test that asks for it."""
+        if key not in self._handlers:
+            handler = GeneralizedHandler(self.models[key].path, cache_dir=self.cache_dir)
+            try:
+                handler.load()
+                self._handlers[key] = handler
+            except Exception as exc:  # remembered: every test of this model fails with the same cause
+                self._handlers[key] = exc
+        loaded = self._handlers[key]
+        if isinstance(loaded, BaseException):
+            pytest.fail(f"{key}: the handler did not load: {type(loaded).__name__}: {loaded}", pytrace=False)
+        return loaded
+
+    def direct(self, key: tuple[str, str]) -> Direct:
+        """Plain transformers on the same folder."""
+        if key not in self._direct:
+            self._direct[key] = Direct(self.models[key])
+        return self._direct[key]
+
+
+
+def approx_nested(value: Any, tol: float = 1e-4) -> Any:
+    """pytest.approx that recurses into lists and dicts of floats."""
+    if isinstance(value, float):
+        return pytest.approx(value, abs=tol)
+    if isinstance(value, list):
+        return [approx_nested(v, tol) for v in value]
+    if isinstance(value, dict):
+        return {k: approx_nested(v, tol) for k, v in value.items()}
+    return value
+
+
+# TorchServe's own QA explanation request (its example's sample file): the target is a class index, which
+# TorchServe ignores for QA (it attributes the answer's start and end).
+QA_EXPLAIN_BODY = {"question": "Who is CEO of Tesla?", "context": "Elon Musk is the CEO of Tesla.", "target": 0}
