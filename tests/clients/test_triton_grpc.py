@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tritonclient.grpc")
+# Not imported here: its protobuf package would clash with kserve's in this process.
+if importlib.util.find_spec("tritonclient") is None:
+    pytest.skip("tritonclient is not installed (pip install 'tritonclient[grpc]')", allow_module_level=True)
 
 SCRIPT = Path(__file__).with_name("triton_grpc_calls.py")
 TEXTS = ["hello world", "Ada Lovelace lived in London.", "Le café était fermé."]
