@@ -102,11 +102,23 @@ def build_encoder(dest: Path, mode: str, *, seed: int = 0, torchscript: bool = F
     return dest
 
 
-def build_gpt2(dest: Path, *, seed: int = 0, **handler: Any) -> Path:
-    """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences (the benchmark's builder)."""
+# A plain-text chat template (as a tokenizer_config.json carries one): "role: content" lines.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def build_gpt2(dest: Path, *, seed: int = 0, chat_template: str | None = None, **handler: Any) -> Path:
+    """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences (the benchmark's builder),
+    optionally with a chat template saved in its tokenizer."""
     from benchmarks.models import save_tiny_gpt2
 
     save_tiny_gpt2(dest, GEN_CORPUS, seed=seed)
+    if chat_template is not None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(dest)
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(dest)
     write_model_config(dest, {"model_name": "tiny-gpt2", "mode": "text_generation", "max_length": 64,
                               "max_new_tokens": 20, **handler})
     return dest

@@ -1,8 +1,10 @@
-"""OpenAI-compatible completions for text-generation models: POST /openai/v1/completions.
+"""OpenAI-compatible completions for text-generation models: POST /openai/v1/completions, GET /openai/v1/models.
 
-kserve ships this route, but its request/response types import vLLM (a GPU serving engine of
-several GB), so without vLLM kserve silently skips it. This module keeps kserve's path and the
-OpenAI wire format (JSON, or server-sent events when `stream` is true) with pydantic models.
+kserve ships these routes, but its request/response types import vLLM (a GPU serving engine of
+several GB), so without vLLM kserve silently skips them. This module keeps kserve's paths and the
+OpenAI wire format (JSON, or server-sent events when `stream` is true) with pydantic models. A
+parameter this server cannot honour is refused with OpenAI's error shape, never ignored.
+Chat completions (the tokenizer's chat template) are in openai_chat.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -19,39 +22,76 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from predictor.errors import InvalidRequestError, ModelNotFoundError, PredictorError
 from predictor.serving.kserve_model import TransformersModel
-from predictor.tasks import StreamEnd
+from predictor.tasks import Instance, StreamEnd
 
 PREFIX = "/openai/v1"
+COMPLETION_MAX_TOKENS = 16  # OpenAI's default max_tokens for completions
+R = TypeVar("R", bound="GenerationRequest")
 
 
-class CompletionRequest(BaseModel):
-    """The subset of OpenAI's completion request a single-sequence Transformers model can honour."""
+class OpenAIParameterError(InvalidRequestError):
+    """A request parameter that is invalid or not supported; `param` names it, as OpenAI's errors do."""
 
-    model_config = ConfigDict(extra="ignore")
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def unsupported(param: str, why: str = "") -> OpenAIParameterError:
+    """The error for a parameter this server does not implement."""
+    return OpenAIParameterError(f"{param} is not supported by this server{why}", param, "unsupported_parameter")
+
+
+class StreamOptions(BaseModel):
+    """stream_options: include_usage adds a last chunk with the token counts."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class GenerationRequest(BaseModel):
+    """What completions and chat completions share; unknown parameters are refused (extra="forbid")."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
-    prompt: str | list[str]
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=100)
+    temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=8)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0)
-    echo: bool = False
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None  # an end-user id for the caller's abuse monitoring; it never changes the answer
 
-    def parameters(self) -> dict[str, Any]:
-        """As the core's generation parameters (temperature 0 means greedy)."""
-        params: dict[str, Any] = {}
-        if self.max_tokens is not None:
-            params["max_new_tokens"] = self.max_tokens
-        if self.temperature is not None:
-            if self.temperature == 0:
-                params["do_sample"] = False
-            else:
-                params["temperature"] = self.temperature
-        if self.top_p is not None:
-            params["top_p"] = self.top_p
+    def check_supported(self) -> None:
+        """OpenAIParameterError for a value this server accepts in the schema but cannot honour."""
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name) not in (None, 0):
+                raise unsupported(name, " (only 0)")
+        if self.logit_bias:
+            raise unsupported("logit_bias")
+        if self.stream and self.n > 1:
+            raise unsupported("n", " with stream=true (only n=1 streams)")
+        if self.stream_options is not None and not self.stream:
+            raise OpenAIParameterError("stream_options is only allowed when stream is true", "stream_options")
+
+    def token_budget(self, default: int) -> int:
+        """max tokens to generate."""
+        return default
+
+    def parameters(self, max_tokens: int) -> dict[str, Any]:
+        """As the core's generation parameters: temperature 0 is greedy; otherwise OpenAI's sampling
+        (temperature and top_p default to 1, no top-k)."""
+        params: dict[str, Any] = {"max_new_tokens": max_tokens}
+        if self.temperature == 0:
+            params["do_sample"] = False
+        else:
+            params.update(do_sample=True, temperature=self.temperature or 1.0, top_p=self.top_p or 1.0, top_k=0)
         if self.stop:
             params["stop"] = self.stop
         if self.seed is not None:
@@ -64,13 +104,76 @@ class CompletionRequest(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    @property
+    def include_usage(self) -> bool:
+        """Whether the stream ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(GenerationRequest):
+    """OpenAI's completion request, as far as a Transformers model can honour it."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=COMPLETION_MAX_TOKENS, ge=1)
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
+
+    def check_supported(self) -> None:
+        """Also: one text prompt, no logprobs, suffix or best_of."""
+        super().check_supported()
+        if self.logprobs is not None:
+            raise unsupported("logprobs")
+        if self.suffix:
+            raise unsupported("suffix")
+        if self.best_of not in (None, self.n):
+            raise unsupported("best_of", " (only equal to n)")
+        self.single_prompt()
+
+    def token_budget(self, default: int) -> int:
+        """max_tokens, OpenAI's 16 when absent or null."""
+        return self.max_tokens or COMPLETION_MAX_TOKENS
+
     def single_prompt(self) -> str:
-        """One prompt per request (n=1)."""
-        if isinstance(self.prompt, list):
-            if len(self.prompt) != 1:
-                raise InvalidRequestError("prompt: one prompt per request")
-            return self.prompt[0]
-        return self.prompt
+        """The one text prompt of the request."""
+        prompt = self.prompt
+        if isinstance(prompt, list):
+            if prompt and not isinstance(prompt[0], str):
+                raise unsupported("prompt", " as token ids: send the prompt as text")
+            if len(prompt) != 1:
+                raise OpenAIParameterError(f"prompt: one prompt per request, got {len(prompt)}", "prompt")
+            prompt = prompt[0]
+        assert isinstance(prompt, str)
+        return prompt
+
+
+def parse_request(model_cls: type[R], body: bytes) -> R:
+    """The request body, validated; OpenAIParameterError naming the first bad parameter."""
+    try:
+        request = model_cls.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            raise unsupported(str(param)) from exc
+        raise OpenAIParameterError(f"invalid request: {first['msg']}" + (f" at {param}" if param else ""),
+                                   param) from exc
+    request.check_supported()
+    return request
+
+
+def error_response(exc: PredictorError) -> JSONResponse:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    status = int(exc.status)
+    if isinstance(exc, ModelNotFoundError):
+        kind, code = "invalid_request_error", "model_not_found"
+    elif status < 500:
+        kind, code = "invalid_request_error", getattr(exc, "code", None)
+    else:
+        kind, code = "server_error", None
+    return JSONResponse({"error": {"message": str(exc), "type": kind, "param": getattr(exc, "param", None),
+                                   "code": code}}, status_code=status)
 
 
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -109,85 +212,149 @@ class StopCutter:
         return rest
 
 
-def _error(exc: PredictorError) -> JSONResponse:
-    return JSONResponse({"error": {"message": str(exc), "type": type(exc).__name__, "code": int(exc.status)}},
-                        status_code=int(exc.status))
+def finish_reason(core_reason: str, hit_stop: bool) -> str:
+    """OpenAI's finish_reason: "stop" at end-of-sequence or a stop sequence, else "length"."""
+    return "stop" if hit_stop or core_reason in ("stop", "eos") else "length"
 
 
-def _chunk(cid: str, created: int, model: str, text: str, finish: str | None) -> bytes:
-    body = {"id": cid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def sse(body: Any) -> bytes:
+    """One server-sent event."""
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
-class CompletionRoutes:
-    """POST /openai/v1/completions and GET /openai/v1/models over the served models."""
+@dataclass
+class StreamOutcome:
+    """How a stream ended, known once its last piece is out."""
+
+    finish: str = "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+async def continuation(chunks: AsyncIterator[str | StreamEnd], stops: tuple[str, ...], outcome: StreamOutcome,
+                       echo: bool = False) -> AsyncIterator[str]:
+    """The generated text of a core stream (prompt first, then pieces), cut at the first stop sequence."""
+    cutter = StopCutter(stops)
+    first = True
+    async for piece in chunks:
+        if isinstance(piece, StreamEnd):
+            outcome.finish = finish_reason(piece.finish_reason, False)
+            outcome.prompt_tokens, outcome.completion_tokens = piece.prompt_tokens, piece.generated_tokens
+            continue
+        if first:  # the core streams the prompt first
+            first = False
+            if echo:
+                yield piece
+            continue
+        if text := cutter.feed(piece):
+            yield text
+    if rest := cutter.flush():
+        yield rest
+    if cutter.stopped:
+        outcome.finish = "stop"
+
+
+async def started(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The stream with its first item already taken, so admission errors (overload, shutting down)
+    are answered with their status rather than inside a 200 event stream."""
+    first = await stream.__anext__()
+
+    async def chained() -> AsyncIterator[Any]:
+        try:
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    return chained()
+
+
+class OpenAIRoutes:
+    """The OpenAI routes over the served models."""
 
     def __init__(self, models: Mapping[str, TransformersModel]) -> None:
         self.models = models
+        self.created = int(time.time())
 
     async def list_models(self) -> dict[str, Any]:
         """The served model names, OpenAI style."""
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "predictor"}
-                                           for name in self.models]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created,
+                                            "owned_by": "predictor"} for name in self.models]}
+
+    def model(self, name: str) -> TransformersModel:
+        """The named model, or model_not_found (404)."""
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"The model {name!r} does not exist (served: {sorted(self.models)})")
+        return model
+
+    @staticmethod
+    def instance(model: TransformersModel, prompt: str, request: GenerationRequest, default_tokens: int) -> Instance:
+        """The core's instance for one prompt; max_tokens over the server's cap is a 400 naming it."""
+        budget = request.token_budget(default_tokens)
+        cap = model.handler.config.handler.max_new_tokens_limit
+        if budget > cap:
+            param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
+            raise OpenAIParameterError(f"{param}: {budget} exceeds this server's limit of {cap}", param)
+        return model.handler.parse({"text": prompt, "parameters": request.parameters(budget), "details": True})
 
     async def completions(self, raw: Request) -> Response:
         """A completion, or server-sent events of its pieces when stream is true."""
         try:
-            try:
-                request = CompletionRequest.model_validate_json(await raw.body())
-            except ValidationError as exc:
-                raise InvalidRequestError(f"invalid completion request: {exc.errors()[0]['msg']} "
-                                          f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from exc
-            model = self.models.get(request.model)
-            if model is None:
-                raise ModelNotFoundError(f"model {request.model!r} is not served here")
+            request = parse_request(CompletionRequest, await raw.body())
+            model = self.model(request.model)
             queue = model.live_queue
-            instance = model.handler.parse({"text": request.single_prompt(), "parameters": request.parameters(),
-                                            "details": True})
+            prompt = request.single_prompt()
+            instances = [self.instance(model, prompt, request, COMPLETION_MAX_TOKENS) for _ in range(request.n)]
             cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
             if request.stream:
-                return StreamingResponse(self._events(queue.stream(instance), cid, created, request),
-                                         media_type="text/event-stream")
-            [result] = await queue.predict([instance])
+                chunks = await started(queue.stream(instances[0]))
+                return StreamingResponse(self._events(chunks, cid, created, request), media_type="text/event-stream")
+            results = await queue.predict(instances)
         except PredictorError as exc:
-            return _error(exc)
-        continuation, hit = cut_at_stop(result["continuation"], request.stops())
-        prompt = result["generated_text"][: len(result["generated_text"]) - len(result["continuation"])]
-        text = prompt + continuation if request.echo else continuation
-        finish = "stop" if hit or result["finish_reason"] in ("stop", "eos") else "length"
+            return error_response(exc)
+        choices = []
+        for index, result in enumerate(results):
+            text, hit = cut_at_stop(result["continuation"], request.stops())
+            if request.echo:
+                text = result["generated_text"][: len(result["generated_text"]) - len(result["continuation"])] + text
+            choices.append({"index": index, "text": text, "logprobs": None,
+                            "finish_reason": finish_reason(result["finish_reason"], hit)})
         return JSONResponse({
-            "id": cid, "object": "text_completion", "created": created, "model": request.model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["generated_tokens"],
-                      "total_tokens": result["prompt_tokens"] + result["generated_tokens"]},
+            "id": cid, "object": "text_completion", "created": created, "model": request.model, "choices": choices,
+            "usage": usage(results[0]["prompt_tokens"], sum(r["generated_tokens"] for r in results)),
         })
 
     @staticmethod
     async def _events(chunks: AsyncIterator[str | StreamEnd], cid: str, created: int,
                       request: CompletionRequest) -> AsyncIterator[bytes]:
-        cutter = StopCutter(request.stops())
-        finish = "length"
-        first = True
-        async for piece in chunks:
-            if isinstance(piece, StreamEnd):
-                finish = "stop" if piece.finish_reason in ("stop", "eos") else "length"
-                continue
-            if first:  # the core streams the prompt first
-                first = False
-                if request.echo:
-                    yield _chunk(cid, created, request.model, piece, None)
-                continue
-            if text := cutter.feed(piece):
-                yield _chunk(cid, created, request.model, text, None)
-        if rest := cutter.flush():
-            yield _chunk(cid, created, request.model, rest, None)
-        yield _chunk(cid, created, request.model, "", "stop" if cutter.stopped else finish)
+        head = {"id": cid, "object": "text_completion", "created": created, "model": request.model}
+        extra = {"usage": None} if request.include_usage else {}
+        outcome = StreamOutcome()
+        async for text in continuation(chunks, request.stops(), outcome, echo=request.echo):
+            yield sse({**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": None}],
+                       **extra})
+        yield sse({**head, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": outcome.finish}],
+                   **extra})
+        if request.include_usage:
+            yield sse({**head, "choices": [], "usage": usage(outcome.prompt_tokens, outcome.completion_tokens)})
         yield b"data: [DONE]\n\n"
 
 
 def register_openai_routes(app: FastAPI, models: Mapping[str, TransformersModel]) -> None:
-    """kserve's OpenAI completions path, for text-generation models."""
-    routes = CompletionRoutes(models)
+    """kserve's OpenAI paths (completions, chat completions, models), for text-generation models."""
+    from predictor.serving.openai_chat import ChatRoutes  # it builds on this module's types
+
+
+    routes = ChatRoutes(models)
     app.add_api_route(PREFIX + "/completions", routes.completions, methods=["POST"], tags=["OpenAI"])
+    app.add_api_route(PREFIX + "/chat/completions", routes.chat_completions, methods=["POST"], tags=["OpenAI"])
     app.add_api_route(PREFIX + "/models", routes.list_models, methods=["GET"], tags=["OpenAI"])
+

@@ -91,10 +91,6 @@ def _kserve_paths() -> dict[str, Any]:
         "/": {"get": {"operationId": "live", "summary": "Liveness", "responses": {"200": _json_ok("Alive")}}},
         "/v2/models": {"get": {"operationId": "v2Models", "summary": "Served models",
                                "responses": {"200": _json_ok("Model names")}}},
-        "/v2/models/{model_name}/versions/{model_version}/ready": {"get": {
-            "operationId": "v2ModelVersionReady", "summary": "kserve does not version models: always 501",
-            "parameters": [*name, _param("model_version")],
-            "responses": _responses(_json_ok("Never"), {501: "Model versioning not supported"}, _ERROR)}},
         "/v2/repository/models/{model_name}/load": {"post": {
             "operationId": "v2RepositoryLoad", "summary": "Refused: one model per process (501)",
             "parameters": name, "responses": _responses(_json_ok("Never"), {501: "Not implemented"}, _ERROR)}},
@@ -132,11 +128,30 @@ def _kserve_paths() -> dict[str, Any]:
             "operationId": "v2Infer", "summary": "Open Inference Protocol infer (BYTES tensor of texts)",
             "parameters": name, "requestBody": _V2_BODY,
             "responses": _responses(_json_ok("Inference response"), _KS_FAILURES, _ERROR)}},
+        **_versioned_paths(),
+    }
+
+
+def _versioned_paths() -> dict[str, Any]:
+    """The /versions/{model_version}/ forms: the served version answers, any other is a 404."""
+    params = [_param("model_name"), _param("model_version")]
+    base = "/v2/models/{model_name}/versions/{model_version}"
+    return {
+        base: {"get": {"operationId": "v2ModelVersionMetadata", "summary": "Model metadata (served version)",
+                       "parameters": params, "responses": _responses(
+                           _json_ok("Inputs and outputs"), {404: "Model or version not found"}, _ERROR)}},
+        base + "/ready": {"get": {"operationId": "v2ModelVersionReady", "summary": "Model readiness (served version)",
+                                  "parameters": params, "responses": _responses(
+                                      _json_ok("Ready"), {404: "Model or version not found", 503: "Not ready"},
+                                      _ERROR)}},
+        base + "/infer": {"post": {"operationId": "v2VersionInfer", "summary": "Infer (served version)",
+                                   "parameters": params, "requestBody": _V2_BODY,
+                                   "responses": _responses(_json_ok("Inference response"), _KS_FAILURES, _ERROR)}},
     }
 
 
 def openapi_document(generation: bool) -> dict[str, Any]:
-    """Every route this server answers; the OpenAI completions route when the model generates text."""
+    """Every route this server answers; the OpenAI routes when the model generates text."""
     paths = _torchserve_paths()
     for path, operations in _kserve_paths().items():
         paths.setdefault(path, {}).update(operations)  # "/" has OPTIONS (TorchServe) and GET (KServe)
@@ -152,6 +167,19 @@ def openapi_document(generation: bool) -> dict[str, Any]:
             "responses": {"200": {"description": "Completion", "content": {
                 _JSON: {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
                 "400": {"description": "Bad input", "content": {_JSON: {"schema": {"type": "object"}}}}}}}
+        paths["/openai/v1/chat/completions"] = {"post": {
+            "operationId": "openaiChatCompletions",
+            "summary": "OpenAI-compatible chat completions via the tokenizer's chat template (SSE when stream=true)",
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {
+                "type": "object", "required": ["model", "messages"],
+                "properties": {"model": {"type": "string"}, "messages": {"type": "array", "items": {
+                    "type": "object", "required": ["role"],
+                    "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}},
+                    "max_completion_tokens": {"type": "integer"}, "stream": {"type": "boolean"}}}}}},
+            "responses": {"200": {"description": "Chat completion", "content": {
+                _JSON: {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
+                "400": {"description": "Bad input or no chat template",
+                        "content": {_JSON: {"schema": {"type": "object"}}}}}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "predictor: KServe + TorchServe inference API", "version": __version__,

@@ -29,6 +29,9 @@ from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
+from predictor.serving.oip import EXTENSIONS
+from predictor.serving.oip_grpc import OipGrpcServer
+from predictor.serving.oip_rest import register_oip_routes
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import register_torchserve_routes
@@ -55,6 +58,10 @@ class FixedModelRepository(ModelRepositoryExtension):
 
 class PredictorDataPlane(DataPlane):
     """kserve's DataPlane, but the server is ready only when its models are, and never loads inline."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Server metadata: the extensions implemented (the repository extension only answers 501 here)."""
+        return {**super().metadata(), "extensions": list(EXTENSIONS)}
 
     async def ready(self) -> bool:
         """/v2/health/ready and gRPC ServerReady: every model loaded, warm and not wedged."""
@@ -163,8 +170,9 @@ class PredictorServer:
         self.options = options
         self.exit_code = 0
         # The drain delay comes out of the grace period: SIGTERM to exit stays within grace_period_s.
+        # gRPC is started by run() with our servicer (oip_grpc.py), so kserve's own stays off.
         self.server = ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
-                                  enable_grpc=options.enable_grpc, grace_period=self._shutdown_budget_s(),
+                                  enable_grpc=False, grace_period=self._shutdown_budget_s(),
                                   max_threads=options.max_threads, enable_docs_url=False,
                                   enable_latency_logging=options.latency_logging)
         self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
@@ -182,6 +190,7 @@ class PredictorServer:
         document = openapi_document(generation)
         models = self.server.registered_models.get_models()
         register_torchserve_routes(app, models, lambda: document)
+        register_oip_routes(app, self.server.dataplane)
         register_viewer_routes(app)
         if self.options.cors_origins:
             # Lets the viewer page (or a dashboard) opened from another origin call this server.
@@ -280,5 +289,13 @@ class PredictorServer:
             return 2
         logger.info("event loop: %s", loop)
         self.configure(app, generation)
+        if self.options.enable_grpc:
+            import kserve.model_server
+
+            grpc_server = OipGrpcServer(self.options.grpc_port, self.server.dataplane,
+                                        self.server.model_repository_extension,
+                                        kwargs=vars(kserve.model_server.args), grace_period=self._shutdown_budget_s())
+            self.server._grpc_server = grpc_server  # ModelServer.stop() stops it
+            self.server.servers.append(grpc_server.start(self.options.max_threads))
         self.server.start([])  # the model is registered but loads in the background
         return self.exit_code

@@ -65,7 +65,7 @@ def test_models_lists_the_served_model(gen):
 @pytest.mark.usefixtures("still_healthy")
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'{"model": "gen"}', b'{"prompt": "x"}',
                                   b'{"model": "gen", "prompt": "x", "max_tokens": 0}',
-                                  b'{"model": "gen", "prompt": "x", "n": 2}',
+                                  b'{"model": "gen", "prompt": "x", "n": 2, "stream": true}',
                                   b'{"model": "gen", "prompt": ["a", "b"]}',
                                   b'{"model": "gen", "prompt": "x", "temperature": -1}',
                                   b'{"model": "gen", "prompt": "   "}'])
@@ -73,13 +73,14 @@ def test_bad_bodies_are_400(gen, body):
     response = gen.post("/openai/v1/completions", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["code"] == 400 and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
 
 
 def test_unknown_model_is_404(gen):
     response = gen.post("/openai/v1/completions", json={**GREEDY, "model": "x"})
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == 404
+    assert response.json()["error"]["code"] == "model_not_found"
 
 
 STOP_PROMPTS = ["Once a", "upon the", "Once upon a time", "The quick brown fox"]
