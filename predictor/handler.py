@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,9 +148,18 @@ class GeneralizedHandler:
     # ---- requests --------------------------------------------------------------------------
     def parse(self, raw: Any) -> Instance:
         """One request item -> Instance; InvalidRequestError (400/413) for bad input."""
+        return self._parsed(self.state.task.parse, raw)
+
+    def parse_chat(self, messages: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any]) -> Instance:
+        """A chat conversation -> Instance (text generation models with a chat template); InvalidRequestError else."""
         task = self.state.task
+        if not hasattr(task, "parse_chat"):
+            raise InvalidRequestError(f"chat messages are only for text_generation; this model is {self.mode.value}")
+        return self._parsed(task.parse_chat, messages, parameters)
+
+    def _parsed(self, parse: Callable[..., Instance], *args: Any) -> Instance:
         try:
-            return task.parse(raw)
+            return parse(*args)
         except PredictorError:
             raise
         except Exception as exc:  # parsing touches only the request: what it cannot read is bad input

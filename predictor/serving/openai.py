@@ -296,14 +296,21 @@ class OpenAIRoutes:
         return model
 
     @staticmethod
-    def instance(model: TransformersModel, prompt: str, request: GenerationRequest, default_tokens: int) -> Instance:
-        """The core's instance for one prompt; max_tokens over the server's cap is a 400 naming it."""
+    def parameters(model: TransformersModel, request: GenerationRequest, default_tokens: int) -> dict[str, Any]:
+        """The core's generation parameters; max_tokens over the server's cap is a 400 naming it."""
         budget = request.token_budget(default_tokens)
         cap = model.handler.config.handler.max_new_tokens_limit
         if budget > cap:
             param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
             raise OpenAIParameterError(f"{param}: {budget} exceeds this server's limit of {cap}", param)
-        return model.handler.parse({"text": prompt, "parameters": request.parameters(budget), "details": True})
+        return request.parameters(budget)
+
+    @classmethod
+    def instance(cls, model: TransformersModel, prompt: str, request: GenerationRequest,
+                 default_tokens: int) -> Instance:
+        """The core's instance for one text prompt."""
+        parameters = cls.parameters(model, request, default_tokens)
+        return model.handler.parse({"text": prompt, "parameters": parameters, "details": True})
 
     async def completions(self, raw: Request) -> Response:
         """A completion, or server-sent events of its pieces when stream is true."""

@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from predictor.errors import PredictorError
@@ -92,19 +91,6 @@ class ChatRequest(GenerationRequest):
         return self.max_completion_tokens or self.max_tokens or default
 
 
-def chat_prompt(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """The prompt the tokenizer's chat template makes of the messages, ready for the assistant's turn."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise OpenAIParameterError("this model's tokenizer has no chat template, so it cannot take chat messages; "
-                                   "use /openai/v1/completions with a text prompt", "messages")
-    try:
-        prompt = tokenizer.apply_chat_template([m.as_template_input() for m in messages], tokenize=False,
-                                               add_generation_prompt=True)
-    except (TemplateError, ValueError) as exc:  # e.g. the template's own "roles must alternate"
-        raise OpenAIParameterError(f"messages: the model's chat template refused them: {exc}", "messages") from exc
-    return str(prompt)
-
-
 class ChatRoutes(OpenAIRoutes):
     """Completions, models, and chat completions."""
 
@@ -114,9 +100,9 @@ class ChatRoutes(OpenAIRoutes):
             request = parse_request(ChatRequest, await raw.body())
             model = self.model(request.model)
             queue = model.live_queue
-            prompt = chat_prompt(model.handler.state.task.tokenizer, request.messages)  # type: ignore[attr-defined]
-            default = model.handler.config.handler.max_new_tokens
-            instances = [self.instance(model, prompt, request, default) for _ in range(request.n)]
+            parameters = self.parameters(model, request, model.handler.config.handler.max_new_tokens)
+            instance = model.handler.parse_chat([m.as_template_input() for m in request.messages], parameters)
+            instances = [instance] * request.n
             cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             if request.stream:
                 chunks = await started(queue.stream(instances[0]))

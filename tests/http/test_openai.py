@@ -77,6 +77,15 @@ def test_bad_bodies_are_400(gen, body):
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+def test_chat_with_a_model_without_a_chat_template_is_400(gen):
+    response = gen.post("/openai/v1/chat/completions",
+                        json={"model": "gen", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "no chat template" in error["message"] and error["type"] == "invalid_request_error"
+    assert gen.get("/ping").status_code == 200
+
+
 def test_unknown_model_is_404(gen):
     response = gen.post("/openai/v1/completions", json={**GREEDY, "model": "x"})
     assert response.status_code == 404
