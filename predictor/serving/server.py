@@ -27,11 +27,13 @@ from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserv
 
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.serving.auth import Keys, TokenAuthMiddleware
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import register_torchserve_routes
+from predictor.serving.torchserve_ports import TorchServeServers
 from predictor.serving.viewer import register_viewer_routes
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,10 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     event_loop: str = "auto"  # kserve's --event-loop: auto (uvloop when installed), asyncio, uvloop
     latency_logging: bool = False  # kserve's --enable_latency_logging: a timing line per request
+    ts_grpc_port: int = 0  # TorchServe's gRPC inference API (0: off)
+    ts_management_port: int = 0  # TorchServe's management API, read side (0: off)
+    keys: Keys | None = None  # token authorization (None: off)
+    max_body_bytes: int = Limits.max_body_bytes  # the model's limit, for gRPC message sizes
 
 
 def install_event_loop(choice: str) -> str:
@@ -164,16 +170,20 @@ class PredictorServer:
         self.exit_code = 0
         # The drain delay comes out of the grace period: SIGTERM to exit stays within grace_period_s.
         self.server = ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
-                                  enable_grpc=options.enable_grpc, grace_period=self._shutdown_budget_s(),
+                                  # with token authorization, TorchServeServers runs kserve's v2 gRPC server
+                                  enable_grpc=options.enable_grpc and options.keys is None, grace_period=self._shutdown_budget_s(),
                                   max_threads=options.max_threads, enable_docs_url=False,
                                   enable_latency_logging=options.latency_logging)
         self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
         self.server.model_repository_extension = FixedModelRepository(self.server.registered_models)
         self.server.register_model(model)
         self._loader: threading.Thread | None = None
+        self.torchserve = TorchServeServers(options)
 
     def configure(self, app: FastAPI, generation: bool) -> None:
         """Our middleware, error handler and TorchServe routes, added before kserve adds its routes."""
+        if self.options.keys is not None:  # inside the request context: a 401 gets an id and is counted
+            app.add_middleware(TokenAuthMiddleware, key=self.options.keys.inference)
         app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes,
                            draining=lambda: self.model.draining)
         app.add_exception_handler(PredictorError, predictor_error_handler)
@@ -270,6 +280,7 @@ class PredictorServer:
         logger.info("shutting down: draining in-flight and queued requests (grace period %ss)",
                     self.options.grace_period_s)
         self.model.drain()
+        await self.torchserve.stop(self._shutdown_budget_s())
 
     def run(self, app: FastAPI, generation: bool) -> int:
         """Serve until SIGTERM/SIGINT; the exit code says whether the model ever loaded."""
@@ -280,5 +291,6 @@ class PredictorServer:
             return 2
         logger.info("event loop: %s", loop)
         self.configure(app, generation)
+        self.torchserve.add_to(self.server)
         self.server.start([])  # the model is registered but loads in the background
         return self.exit_code
