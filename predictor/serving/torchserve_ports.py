@@ -13,7 +13,6 @@ from kserve import ModelServer
 
 from predictor.serving.auth import AuthorizedGRPCServer, TokenAuthInterceptor, TokenAuthMiddleware
 from predictor.serving.torchserve import TorchServeRoutes
-from predictor.serving.torchserve_grpc import TorchServeGrpcServer
 from predictor.serving.torchserve_management import ManagementServer, management_app
 
 logger = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ class TorchServeServers:
 
     def __init__(self, options: Any) -> None:
         self.options = options
-        self.grpc: TorchServeGrpcServer | None = None
+        self.grpc: Any = None  # a TorchServeGrpcServer once add_to() has built it
         self.management: ManagementServer | None = None
 
     def add_to(self, model_server: ModelServer) -> None:
@@ -44,6 +43,10 @@ class TorchServeServers:
             model_server._grpc_server = v2  # kserve's stop() stops it as it stops its own
             servers.append(v2.start(options.max_threads))
         if options.ts_grpc_port:
+            # Imported only when served: the stubs add TorchServe's message names to protobuf's global pool,
+            # where a TorchServe client's own stubs in the same process would clash with them.
+            from predictor.serving.torchserve_grpc import TorchServeGrpcServer
+
             self.grpc = TorchServeGrpcServer(options.ts_grpc_port, TorchServeRoutes(models, dict),
                                              max_message_bytes=options.max_body_bytes, interceptors=interceptors)
             servers.append(self.grpc.serve())
