@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local tokenizer folder, for archives that ship none (TorchServe fetched it from the hub)")
     mar.add_argument("--storage_uri", default=None, help="storageUri for the InferenceService (default: a placeholder)")
     mar.add_argument("--name", default=None, help="InferenceService name (default: the archive's model name)")
+    mar.add_argument("--config_properties", type=Path, default=None,
+                     help="TorchServe's config.properties: carries over workers, batch size and delay, response "
+                          "timeout, queue size, request size and token authorization; warns for each other setting "
+                          "(default: a config.properties inside the archive, if any)")
     # Listed for --help only: main() hands `bench` its argv before parsing (see bench()).
     _bench_arguments(sub.add_parser("bench", help="run the benchmark (source checkout only)", add_help=False,
                                     formatter_class=argparse.RawDescriptionHelpFormatter, **_BENCH_PARSER_TEXT))
@@ -309,7 +313,7 @@ def import_mar(args: argparse.Namespace) -> int:
 
     try:
         result = convert(args.archive, args.out_dir, tokenizer=args.tokenizer, storage_uri=args.storage_uri,
-                         name=args.name)
+                         name=args.name, config_properties=args.config_properties)
     except ConfigError as exc:
         logger.error("import-mar: %s", exc)
         return 1
