@@ -171,7 +171,8 @@ class PredictorServer:
         # The drain delay comes out of the grace period: SIGTERM to exit stays within grace_period_s.
         self.server = ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
                                   # with token authorization, TorchServeServers runs kserve's v2 gRPC server
-                                  enable_grpc=options.enable_grpc and options.keys is None, grace_period=self._shutdown_budget_s(),
+                                  enable_grpc=options.enable_grpc and options.keys is None,
+                                  grace_period=self._shutdown_budget_s(),
                                   max_threads=options.max_threads, enable_docs_url=False,
                                   enable_latency_logging=options.latency_logging)
         self.server.dataplane = PredictorDataPlane(model_registry=self.server.registered_models)
@@ -197,7 +198,7 @@ class PredictorServer:
             # Lets the viewer page (or a dashboard) opened from another origin call this server.
             app.add_middleware(CORSMiddleware, allow_origins=list(self.options.cors_origins),
                                allow_methods=["GET", "POST", "OPTIONS"],
-                               allow_headers=["Content-Type", "X-Request-Id", "X-Predictor-Details"],
+                               allow_headers=["Content-Type", "X-Request-Id", "X-Predictor-Details", "Authorization"],
                                expose_headers=["X-Request-Id"])
         if generation:
             register_openai_routes(app, models)

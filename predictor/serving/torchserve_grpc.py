@@ -54,7 +54,7 @@ class TorchServeInferenceServicer(inference_pb2_grpc.InferenceAPIsServiceService
         return inference_pb2.PredictionResponse(prediction=answer_bytes(result))
 
     async def StreamPredictions(self, request: inference_pb2.PredictionsRequest,
-                                context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.PredictionResponse]:
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         """Text generation: one response per generated chunk; other modes: one response, the whole answer."""
         try:
             async for prediction in self._answers(request, context):
@@ -63,15 +63,15 @@ class TorchServeInferenceServicer(inference_pb2_grpc.InferenceAPIsServiceService
             await _abort(context, exc)
 
     async def StreamPredictions2(self, request_iterator: AsyncIterator[inference_pb2.PredictionsRequest],
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.PredictionResponse]:
-        """Each request of the client's stream answered in turn; an error is sent in `status` and the stream goes on."""
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Each request of the stream answered in turn; an error goes in `status` and the stream goes on."""
         async for request in request_iterator:
             sequence = {"sequence_id": request.sequence_id} if request.HasField("sequence_id") else {}
             try:
                 async for prediction in self._answers(request, context):
                     yield inference_pb2.PredictionResponse(prediction=prediction, **sequence)
             except PredictorError as exc:
-                _, kind, code = torchserve_error_kind(exc)
+                _, _, code = torchserve_error_kind(exc)
                 status = status_pb2.Status(code=code.value[0], message=str(exc))
                 yield inference_pb2.PredictionResponse(status=status, **sequence)
 
@@ -102,7 +102,8 @@ class TorchServeInferenceServicer(inference_pb2_grpc.InferenceAPIsServiceService
             raise InvalidRequestError(f"the request's `input` map needs a `data` (or `body`) entry; "
                                       f"got {sorted(request.input) or 'no entries'}")
         if len(body) > limits.max_body_bytes:
-            raise PayloadTooLargeError(f"input of {len(body)} bytes exceeds the limit of {limits.max_body_bytes} bytes")
+            raise PayloadTooLargeError(f"input of {len(body)} bytes exceeds the limit of "
+                                       f"{limits.max_body_bytes} bytes")
         items = payloads.torchserve_items(body, None, limits)
         if _details_asked(context.invocation_metadata() or ()):
             items = [payloads.with_details(i) for i in items]

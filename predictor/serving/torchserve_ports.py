@@ -37,7 +37,8 @@ class TorchServeServers:
         interceptors = [TokenAuthInterceptor(keys.inference)] if keys is not None else []
         servers: list[Coroutine[Any, Any, None]] = []
         if keys is not None and options.enable_grpc:
-            v2 = AuthorizedGRPCServer(options.grpc_port, model_server.dataplane, model_server.model_repository_extension,
+            v2 = AuthorizedGRPCServer(options.grpc_port, model_server.dataplane,
+                                      model_server.model_repository_extension,
                                       kwargs=vars(kserve.model_server.args), grace_period=self._grace(),
                                       interceptor=interceptors[0])
             model_server._grpc_server = v2  # kserve's stop() stops it as it stops its own
@@ -47,7 +48,7 @@ class TorchServeServers:
             # where a TorchServe client's own stubs in the same process would clash with them.
             from predictor.serving.torchserve_grpc import TorchServeGrpcServer
 
-            self.grpc = TorchServeGrpcServer(options.ts_grpc_port, TorchServeRoutes(models, dict),
+            self.grpc = TorchServeGrpcServer(options.ts_grpc_port, TorchServeRoutes(models, openapi=dict),
                                              max_message_bytes=options.max_body_bytes, interceptors=interceptors)
             servers.append(self.grpc.serve())
         if options.ts_management_port:
