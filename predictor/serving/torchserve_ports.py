@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve.model_server
 from kserve import ModelServer
@@ -14,6 +14,9 @@ from kserve import ModelServer
 from predictor.serving.auth import AuthorizedGRPCServer, TokenAuthInterceptor, TokenAuthMiddleware
 from predictor.serving.torchserve import TorchServeRoutes
 from predictor.serving.torchserve_management import ManagementServer, management_app
+
+if TYPE_CHECKING:  # server.py imports this module
+    from predictor.serving.server import ServeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ def _metrics_only(method: str, path: str, _: dict[bytes, bytes]) -> bool:
 class TorchServeServers:
     """Builds the extra servers from ServeOptions; add_to() hands them to kserve, stop() ends them."""
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: ServeOptions) -> None:
         self.options = options
         self.grpc: Any = None  # a TorchServeGrpcServer once add_to() has built it
         self.management: ManagementServer | None = None
