@@ -92,8 +92,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PREDICTOR_CACHE_DIR=/tmp/predictor
 WORKDIR /tmp
 USER ${UID}:${UID}
-# 8080: HTTP (KServe v1/v2, TorchServe routes, /metrics); 8081: gRPC v2.
-EXPOSE 8080 8081
+# 8080: HTTP (KServe v1/v2, TorchServe routes, /metrics); 8081: gRPC v2; 7070: TorchServe gRPC;
+# 8082: TorchServe management API (read side) and /metrics.
+EXPOSE 8080 8081 7070 8082
 # Docker only; Kubernetes uses the probes of the ServingRuntime.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v2/health/live', timeout=4)"]

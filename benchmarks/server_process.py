@@ -133,7 +133,9 @@ class ServerProcess:
         """The command line, as a KServe runtime would run it."""
         cmd = [sys.executable, "-m", "predictor", "--model_name", self.name,
                "--model_dir", str(self.model_dir), "--http_port", str(self.http_port),
-               "--grpc_port", str(self.grpc_port), "--grace_period", "2"]
+               "--grpc_port", str(self.grpc_port), "--grace_period", "2",
+               # TorchServe's gRPC and management APIs are not measured; off, so no two servers want 7070/8082.
+               "--ts_grpc_port", "0", "--ts_management_port", "0"]
         if self.config_path is not None:
             cmd += ["--model_config", str(self.config_path)]
         return cmd + self.extra_args

@@ -15,13 +15,16 @@ import yaml
 from predictor import artifacts
 from predictor.config import load_model_config
 from predictor.errors import ConfigError
+from predictor.properties import CarriedSettings, carry_over, parse_properties
 
 logger = logging.getLogger(__name__)
 
 RUNTIME = "transformers-predictor"
 MODEL_FORMAT = "transformers"
 STORAGE_PLACEHOLDER = "s3://CHANGE-ME/path/to/this/folder"
-_SKIPPED = ("MAR-INF", ".complete")
+_SKIPPED = ("MAR-INF", ".complete", "config.properties")
+PROPERTIES_FILE = "config.properties"
+TOKEN_DIR = "/etc/predictor/token"
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,10 @@ def _k8s_name(name: str) -> str:
     return cleaned[:45] or "model"
 
 
-def inference_service(name: str, storage_uri: str | None) -> dict[str, Any]:
-    """An InferenceService for the predictor's ServingRuntime (manifests/runtime)."""
-    return {
+def inference_service(name: str, storage_uri: str | None, token_secret: str | None = None) -> dict[str, Any]:
+    """An InferenceService for the predictor's ServingRuntime (manifests/runtime); with token_secret,
+    token authorization reads the key_file.json of that Secret."""
+    service = {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name, "annotations": {"serving.kserve.io/deploymentMode": "Standard"}},
@@ -66,10 +70,16 @@ def inference_service(name: str, storage_uri: str | None) -> dict[str, Any]:
             },
         }},
     }
+    if token_secret:
+        predictor = service["spec"]["predictor"]
+        predictor["volumes"] = [{"name": "token", "secret": {"secretName": token_secret}}]
+        predictor["model"]["args"] = [f"--token_file={TOKEN_DIR}/key_file.json"]
+        predictor["model"]["volumeMounts"] = [{"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
+    return service
 
 
 def import_mar(archive: Path, out_dir: Path, *, tokenizer: Path | None = None, storage_uri: str | None = None,
-               name: str | None = None) -> ImportedModel:
+               name: str | None = None, config_properties: Path | None = None) -> ImportedModel:
     """Unpack the archive into out_dir, check it has what the predictor needs, write inferenceservice.yaml."""
     if not archive.is_file():
         raise ConfigError(f"{archive}: no such .mar file")
@@ -78,7 +88,7 @@ def import_mar(archive: Path, out_dir: Path, *, tokenizer: Path | None = None, s
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        result = _import_into(archive, staging, tokenizer, storage_uri, name)
+        result = _import_into(archive, staging, tokenizer, storage_uri, name, config_properties)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left behind
         raise
@@ -91,7 +101,7 @@ def import_mar(archive: Path, out_dir: Path, *, tokenizer: Path | None = None, s
 
 
 def _import_into(archive: Path, out_dir: Path, tokenizer: Path | None, storage_uri: str | None,
-                 name: str | None) -> ImportedModel:
+                 name: str | None, config_properties: Path | None) -> ImportedModel:
     with tempfile.TemporaryDirectory(prefix="predictor-mar-") as scratch:
         source = artifacts.resolve_model_source(_single_archive_dir(archive, Path(scratch)), None, Path(scratch))
         if source.config_path is None:
@@ -102,11 +112,17 @@ def _import_into(archive: Path, out_dir: Path, tokenizer: Path | None, storage_u
             if path.name not in _SKIPPED:
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, out_dir / path.name)
         manifest = json.loads((source.path / "MAR-INF" / "MANIFEST.json").read_text(encoding="utf-8"))
+        properties_text = _properties_text(config_properties, source.path / PROPERTIES_FILE)
     model_name = name or manifest.get("model", {}).get("modelName") or archive.stem
     config_file = out_dir / source.config_path.name
     if config_file.name != artifacts.MODEL_CONFIG_FILE:
         config_file = config_file.rename(out_dir / artifacts.MODEL_CONFIG_FILE)
     _record_manifest_facts(config_file, source.serialized_file, source.version)
+    carried = CarriedSettings()
+    if properties_text is not None:
+        carried = carry_over(parse_properties(properties_text), manifest.get("model", {}).get("modelName")
+                             or model_name, source.version)
+        _record_properties(config_file, carried)
     config = load_model_config(config_file)
     if tokenizer is not None:
         _copy_tokenizer(tokenizer, out_dir)
@@ -119,7 +135,15 @@ def _import_into(archive: Path, out_dir: Path, tokenizer: Path | None, storage_u
                 f"handler.model_name {config.handler.model_name!r}); pass --tokenizer DIR with a local "
                 "tokenizer folder (tokenizer.save_pretrained)") from exc
     service_file = out_dir / "inferenceservice.yaml"
-    service_file.write_text(yaml.safe_dump(inference_service(_k8s_name(model_name), storage_uri), sort_keys=False))
+    # TorchServe 0.12 enforces token authorization unless config.properties turns it off.
+    token = carried.token_authorization is not False and properties_text is not None
+    secret = f"{_k8s_name(model_name)}-token" if token else None
+    if secret:
+        logger.warning("token authorization was on in TorchServe: the InferenceService reads key_file.json from "
+                       "the Secret %s; create it with: kubectl create secret generic %s --from-file=key_file.json",
+                       secret, secret)
+    service = inference_service(_k8s_name(model_name), storage_uri, token_secret=secret)
+    service_file.write_text(yaml.safe_dump(service, sort_keys=False))
     return ImportedModel(out_dir, service_file, model_name, source.version)
 
 
@@ -144,3 +168,30 @@ def _record_manifest_facts(config_file: Path, serialized_file: str | None, versi
         changed = True
     if changed:
         config_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def _properties_text(given: Path | None, in_archive: Path) -> str | None:
+    """--config_properties, else a config.properties shipped inside the archive, else None."""
+    path = given if given is not None else (in_archive if in_archive.is_file() else None)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config_properties {path}: cannot read it ({exc.strerror})") from None
+
+
+def _record_properties(config_file: Path, carried: CarriedSettings) -> None:
+    """Write what config.properties carries into model-config.yaml; the archive's own values win."""
+    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    for key, value in carried.model_config.items():
+        if isinstance(value, dict):
+            section = raw.setdefault(key, {})
+            for inner, inner_value in value.items():
+                section.setdefault(inner, inner_value)
+        elif key in raw and raw[key] != value:
+            logger.warning("config.properties: %s=%s ignored: the archive's model-config.yaml says %s",
+                           key, value, raw[key])
+        else:
+            raw[key] = value
+    config_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

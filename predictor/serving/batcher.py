@@ -30,6 +30,8 @@ _END = object()
 class _Job:
     instance: Instance
     future: asyncio.Future[Prediction]
+    timing: metrics.RequestTiming | None = None
+    enqueued_at: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class InferenceQueue:
@@ -102,15 +104,16 @@ class InferenceQueue:
             raise OverloadedError(f"the inference queue is full ({len(self._jobs)} of {self.capacity} waiting)")
 
     # ---- predictions ---------------------------------------------------------------------------
-    async def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
-        """Predictions for `instances`, in order, through the shared batches."""
+    async def predict(self, instances: Sequence[Instance],
+                      timing: metrics.RequestTiming | None = None) -> list[Prediction]:
+        """Predictions for `instances`, in order, through the shared batches; `timing` gets the queue wait."""
         self._admit(len(instances))
         loop = asyncio.get_running_loop()
         if self._dispatcher is None or self._dispatcher.done():
             self._wakeup = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
-        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future()) for instance in instances]
+        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), timing) for instance in instances]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -149,6 +152,8 @@ class InferenceQueue:
             job = self._jobs.popleft()
             if not job.future.done():
                 batch.append(job)
+                if job.timing is not None:
+                    job.timing.dequeued(job.enqueued_at)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         return batch
 
@@ -227,13 +232,17 @@ class InferenceQueue:
             del self._busy_since[token]
 
     # ---- explanations and streams --------------------------------------------------------------
-    async def explain(self, instances: Sequence[Instance]) -> list[Any]:
+    async def explain(self, instances: Sequence[Instance],
+                      timing: metrics.RequestTiming | None = None) -> list[Any]:
         """Explanations, one at a time on the wide thread, under the same timeout."""
         self._admit(len(instances))
+        enqueued_at = time.perf_counter()
         cancel = threading.Event()
         cancellable = [_with_cancel(i, cancel) for i in instances]
 
         def explain_all() -> list[Any]:
+            if timing is not None:
+                timing.dequeued(enqueued_at)
             return [self.handler.explain(i) for i in cancellable]
 
         try:
@@ -242,9 +251,11 @@ class InferenceQueue:
             cancel.set()  # stops the running explanation at its next forward pass
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
 
-    async def stream(self, instance: Instance) -> AsyncIterator[str | StreamEnd]:
+    async def stream(self, instance: Instance,
+                     timing: metrics.RequestTiming | None = None) -> AsyncIterator[str | StreamEnd]:
         """Generated text chunks as the model thread produces them, then the StreamEnd."""
         self._admit(1)
+        enqueued_at = time.perf_counter()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -261,6 +272,8 @@ class InferenceQueue:
 
         async def on_a_worker() -> None:
             await self._take_worker()  # a stream holds a model worker as a batch does
+            if timing is not None:
+                timing.dequeued(enqueued_at)
             try:
                 await self._on_model_thread(produce)
             finally:

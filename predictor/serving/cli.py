@@ -24,7 +24,9 @@ _SERVE_EXAMPLES = """examples:
 The model directory holds a save_pretrained folder with tokenizer files and model-config.yaml
 (index_to_name.json optional), a TorchScript file (save_mode: torchscript), or a TorchServe .mar.
 Routes: /v1/models/NAME:predict|:explain, /v2/models/NAME/infer, gRPC v2 on --grpc_port,
-TorchServe's /ping, /predictions/NAME[/VERSION], /explanations/NAME, OPTIONS /, and /metrics.
+TorchServe's /ping, /predictions/NAME[/VERSION], /explanations/NAME, OPTIONS /, and /metrics;
+TorchServe's gRPC inference API on --ts_grpc_port (7070) and its management API (GET /models[/NAME])
+on --ts_management_port (8082); --token_file turns on TorchServe's token authorization.
 """
 
 _BENCH_PARSER_TEXT = {
@@ -59,6 +61,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {value!r}")
+    return number
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", default=DEFAULT_MODEL_DIR,
                         help="model directory, as KServe's storage initializer leaves it (default: %(default)s)")
@@ -88,6 +100,17 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="how idle torch threads wait: 'short-spin' spins briefly, then sleeps (a lone "
                              "request then gains from every core); 'passive' sleeps at once "
                              "(default: %(default)s)")
+    parser.add_argument("--ts_grpc_port", type=_port, default=os.environ.get("PREDICTOR_TS_GRPC_PORT", "7070"),
+                        help="port of TorchServe's gRPC inference API (inference.proto); 0 turns it off "
+                             "(default: %(default)s)")
+    parser.add_argument("--ts_management_port", type=_port,
+                        default=os.environ.get("PREDICTOR_TS_MANAGEMENT_PORT", "8082"),
+                        help="port of TorchServe's management API (GET /models, /models/NAME; also /metrics); "
+                             "TorchServe's 8081 is kserve's gRPC port here; 0 turns it off (default: %(default)s)")
+    parser.add_argument("--token_file", default=os.environ.get("PREDICTOR_TOKEN_FILE"),
+                        help="turn on token authorization: TorchServe's key_file.json (its inference key guards "
+                             "inference, its management key the management API) or a file holding one bare "
+                             "token (guards both); or set PREDICTOR_TOKEN to the token (default: off)")
     parser.add_argument("--cors_origins", default=os.environ.get("PREDICTOR_CORS_ORIGINS", ""),
                         help="comma-separated origins allowed to call this server from a browser "
                              "(e.g. 'null' for the viewer opened from disk); off by default")
@@ -136,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local tokenizer folder, for archives that ship none (TorchServe fetched it from the hub)")
     mar.add_argument("--storage_uri", default=None, help="storageUri for the InferenceService (default: a placeholder)")
     mar.add_argument("--name", default=None, help="InferenceService name (default: the archive's model name)")
+    mar.add_argument("--config_properties", type=Path, default=None,
+                     help="TorchServe's config.properties: carries over workers, batch size and delay, response "
+                          "timeout, queue size, request size and token authorization; warns for each other setting "
+                          "(default: a config.properties inside the archive, if any)")
     # Listed for --help only: main() hands `bench` its argv before parsing (see bench()).
     _bench_arguments(sub.add_parser("bench", help="run the benchmark (source checkout only)", add_help=False,
                                     formatter_class=argparse.RawDescriptionHelpFormatter, **_BENCH_PARSER_TEXT))
@@ -205,6 +232,7 @@ def serve(args: argparse.Namespace) -> int:
     from predictor.devices import chooses_cuda
     from predictor.errors import ConfigError
     from predictor.handler import GeneralizedHandler
+    from predictor.serving.auth import load_keys
     from predictor.serving.cpu import available_cores, configure_threads, plan_workers
     from predictor.serving.kserve_model import TransformersModel
     from predictor.serving.server import PredictorServer, ServeOptions
@@ -222,6 +250,12 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
+    try:
+        keys = load_keys(args.token_file, dict(os.environ))
+    except ConfigError as exc:
+        logger.error("cannot serve %s: %s", model_dir, exc)
+        return 1
+    logger.info("token authorization: %s", "on" if keys is not None else "off")
     mode = config.handler.mode
     plan = plan_workers(available_cores(), workers=args.model_workers or config.min_workers,
                         threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
@@ -239,6 +273,8 @@ def serve(args: argparse.Namespace) -> int:
                            drain_s=max(0.0, min(args.drain_seconds, args.grace_period / 2)),
                            max_threads=args.max_threads, event_loop=args.event_loop,
                            latency_logging=bool(args.enable_latency_logging),
+                           ts_grpc_port=args.ts_grpc_port, ts_management_port=args.ts_management_port,
+                           keys=keys, max_body_bytes=config.limits.max_body_bytes,
                            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     return PredictorServer(model, options).run(kserve.model_server.app, generation)
 
@@ -277,7 +313,7 @@ def import_mar(args: argparse.Namespace) -> int:
 
     try:
         result = convert(args.archive, args.out_dir, tokenizer=args.tokenizer, storage_uri=args.storage_uri,
-                         name=args.name)
+                         name=args.name, config_properties=args.config_properties)
     except ConfigError as exc:
         logger.error("import-mar: %s", exc)
         return 1

@@ -160,16 +160,24 @@ class TransformersModel(kserve.Model):
     async def predict(self, payload: ParsedRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         """One prediction per instance, in order, through the shared batches."""
-        with kserve_errors(self.name):
-            results = await self.live_queue.predict(payload.instances)
+        timing = metrics.RequestTiming(self.name, "default")  # TorchServe's label when no version is asked
+        try:
+            with kserve_errors(self.name):
+                results = await self.live_queue.predict(payload.instances, timing)
+        finally:
+            timing.finish()
         if payload.v2 is not None:
             return payloads.v2_response(self.name, self.handler.version, payload.v2.id, results)
         return {"predictions": results}
 
     async def explain(self, payload: ParsedRequest, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """One explanation per instance, in TorchServe's shape."""
-        with kserve_errors(self.name):
-            return {"explanations": await self.live_queue.explain(payload.instances)}
+        timing = metrics.RequestTiming(self.name, "default")
+        try:
+            with kserve_errors(self.name):
+                return {"explanations": await self.live_queue.explain(payload.instances, timing)}
+        finally:
+            timing.finish()
 
     # ---- v2 metadata -----------------------------------------------------------------------------
     def get_input_types(self) -> list[dict[str, Any]]:

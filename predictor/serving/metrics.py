@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REQUESTS = Counter("predictor_requests_total", "HTTP requests by route and status", ["route", "status"])
 LATENCY = Histogram(
@@ -28,3 +35,67 @@ def observe_batch(size: int, real_tokens: int, padded_tokens: int, seconds: floa
     INFERENCE_SECONDS.observe(seconds)
     REAL_TOKENS.inc(real_tokens)
     PADDED_TOKENS.inc(padded_tokens)
+
+
+class RequestTiming:
+    """One inference request's clock: the queue adds its waiting time; `finish` records it once."""
+
+    def __init__(self, model_name: str, version_label: str) -> None:
+        self.model_name = model_name
+        self.version_label = version_label
+        self.started = time.perf_counter()
+        self.queued_s = 0.0
+        self._finished = False
+
+    def dequeued(self, enqueued_at: float) -> None:
+        """An input of this request left the queue; its inputs wait side by side, so keep the longest."""
+        self.queued_s = max(self.queued_s, time.perf_counter() - enqueued_at)
+
+    def finish(self) -> None:
+        """Count the request in TorchServe's series (only the first call counts)."""
+        if not self._finished:
+            self._finished = True
+            TORCHSERVE.observe(self.model_name, self.version_label, time.perf_counter() - self.started,
+                               self.queued_s)
+
+
+class TorchServeSeries(Collector):
+    """TorchServe's frontend metrics under its names and labels, so its dashboards and alerts keep working.
+
+    `model_version` is the version the client asked for, or "default" (as TorchServe labels it);
+    `hostname` is the pod's. The two latencies are cumulative sums that only grow, as in TorchServe.
+    prometheus_client would append `_total` to a counter's name, so they are exposed untyped.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], list[float]] = {}
+        self.hostname = socket.gethostname()
+
+    def observe(self, model_name: str, version_label: str, latency_s: float, queued_s: float) -> None:
+        """One inference request: its whole duration and its time in the queue."""
+        with self._lock:
+            totals = self._series.setdefault((model_name, version_label), [0.0, 0.0, 0.0])
+            totals[0] += 1
+            totals[1] += latency_s * 1e6
+            totals[2] += queued_s * 1e6
+
+    def collect(self) -> Iterator[Metric]:
+        """The three series, one sample per (model_name, model_version)."""
+        labels = ["model_name", "model_version", "hostname"]
+        requests = CounterMetricFamily("ts_inference_requests", "Total number of inference requests.", labels=labels)
+        latency = Metric("ts_inference_latency_microseconds", "Cumulative inference duration in microseconds",
+                         "unknown")
+        queue = Metric("ts_queue_latency_microseconds", "Cumulative queue duration in microseconds", "unknown")
+        with self._lock:
+            series = {key: list(values) for key, values in self._series.items()}
+        for (model_name, version), (count, latency_us, queue_us) in series.items():
+            values = [model_name, version, self.hostname]
+            requests.add_metric(values, count)
+            latency.add_sample(latency.name, dict(zip(labels, values)), latency_us)
+            queue.add_sample(queue.name, dict(zip(labels, values)), queue_us)
+        yield from (requests, latency, queue)
+
+
+TORCHSERVE = TorchServeSeries()
+REGISTRY.register(TORCHSERVE)

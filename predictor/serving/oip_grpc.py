@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -129,13 +130,21 @@ class OipServicer(InferenceServicer):  # type: ignore[misc]
 
 
 class OipGrpcServer(GRPCServer):  # type: ignore[misc]
-    """kserve's gRPC server with OipServicer and StatusInterceptor in place of kserve's."""
+    """kserve's gRPC server with OipServicer and StatusInterceptor in place of kserve's.
+
+    kserve's GRPCServer fixes its interceptors inside start(), so start() is written here; `interceptors`
+    (token authorization) run first.
+    """
+
+    def __init__(self, *args: Any, interceptors: Sequence[aio.ServerInterceptor] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._interceptors = tuple(interceptors)
 
     async def start(self, max_workers: int) -> None:
         """Serve until stopped."""
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), StatusInterceptor()),
+            interceptors=(*self._interceptors, LoggingInterceptor(), StatusInterceptor()),
             options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                      ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length"))],
         )

@@ -27,6 +27,7 @@ from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserv
 
 from predictor.config import Limits
 from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.serving.auth import Keys, TokenAuthInterceptor, TokenAuthMiddleware
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.oip import EXTENSIONS
@@ -35,6 +36,7 @@ from predictor.serving.oip_rest import register_oip_routes
 from predictor.serving.openai import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import register_torchserve_routes
+from predictor.serving.torchserve_ports import TorchServeServers
 from predictor.serving.viewer import register_viewer_routes
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,10 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     event_loop: str = "auto"  # kserve's --event-loop: auto (uvloop when installed), asyncio, uvloop
     latency_logging: bool = False  # kserve's --enable_latency_logging: a timing line per request
+    ts_grpc_port: int = 0  # TorchServe's gRPC inference API (0: off)
+    ts_management_port: int = 0  # TorchServe's management API, read side (0: off)
+    keys: Keys | None = None  # token authorization (None: off)
+    max_body_bytes: int = Limits.max_body_bytes  # the model's limit, for gRPC message sizes
 
 
 def install_event_loop(choice: str) -> str:
@@ -179,9 +185,12 @@ class PredictorServer:
         self.server.model_repository_extension = FixedModelRepository(self.server.registered_models)
         self.server.register_model(model)
         self._loader: threading.Thread | None = None
+        self.torchserve = TorchServeServers(options)
 
     def configure(self, app: FastAPI, generation: bool) -> None:
         """Our middleware, error handler and TorchServe routes, added before kserve adds its routes."""
+        if self.options.keys is not None:  # inside the request context: a 401 gets an id and is counted
+            app.add_middleware(TokenAuthMiddleware, key=self.options.keys.inference)
         app.add_middleware(RequestContextMiddleware, max_body_bytes=self._max_body_bytes,
                            draining=lambda: self.model.draining)
         app.add_exception_handler(PredictorError, predictor_error_handler)
@@ -196,7 +205,7 @@ class PredictorServer:
             # Lets the viewer page (or a dashboard) opened from another origin call this server.
             app.add_middleware(CORSMiddleware, allow_origins=list(self.options.cors_origins),
                                allow_methods=["GET", "POST", "OPTIONS"],
-                               allow_headers=["Content-Type", "X-Request-Id", "X-Predictor-Details"],
+                               allow_headers=["Content-Type", "X-Request-Id", "X-Predictor-Details", "Authorization"],
                                expose_headers=["X-Request-Id"])
         if generation:
             register_openai_routes(app, models)
@@ -279,6 +288,7 @@ class PredictorServer:
         logger.info("shutting down: draining in-flight and queued requests (grace period %ss)",
                     self.options.grace_period_s)
         self.model.drain()
+        await self.torchserve.stop(self._shutdown_budget_s())
 
     def run(self, app: FastAPI, generation: bool) -> int:
         """Serve until SIGTERM/SIGINT; the exit code says whether the model ever loaded."""
@@ -292,10 +302,13 @@ class PredictorServer:
         if self.options.enable_grpc:
             import kserve.model_server
 
+            keys = self.options.keys
             grpc_server = OipGrpcServer(self.options.grpc_port, self.server.dataplane,
                                         self.server.model_repository_extension,
-                                        kwargs=vars(kserve.model_server.args), grace_period=self._shutdown_budget_s())
+                                        kwargs=vars(kserve.model_server.args), grace_period=self._shutdown_budget_s(),
+                                        interceptors=[TokenAuthInterceptor(keys.inference)] if keys else [])
             self.server._grpc_server = grpc_server  # ModelServer.stop() stops it
             self.server.servers.append(grpc_server.start(self.options.max_threads))
+        self.torchserve.add_to(self.server)
         self.server.start([])  # the model is registered but loads in the background
         return self.exit_code

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -24,7 +25,7 @@ from predictor.errors import (
     PayloadTooLargeError,
     PredictorError,
 )
-from predictor.serving import payloads
+from predictor.serving import metrics, payloads
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import RETRY_AFTER_S
 
@@ -32,41 +33,57 @@ logger = logging.getLogger(__name__)
 
 DETAILS_HEADER = "x-predictor-details"
 
-# Our error -> (status, TorchServe exception type). TorchServe answers 503 "Prediction failed" for
-# bad input too; here bad input is a 400 that says what is wrong.
-_TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str]] = [
-    (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeException"),
-    (InvalidRequestError, HTTPStatus.BAD_REQUEST, "BadRequestException"),
-    (ModelNotFoundError, HTTPStatus.NOT_FOUND, "ModelNotFoundException"),
-    (ModelNotReadyError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
-    (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
-    (ExplanationUnavailableError, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedException"),
-    (InferenceTimeoutError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"),
-    (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException"),
-    (InferenceError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
-]
-
-
 class ModelVersionNotFoundError(ModelNotFoundError):
     """The model exists but not in the requested version."""
 
 
-def torchserve_error(exc: PredictorError) -> JSONResponse:
-    """TorchServe's error body {"code", "type", "message"} for one of our errors."""
-    status, kind = HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"
-    if isinstance(exc, ModelVersionNotFoundError):
-        status, kind = HTTPStatus.NOT_FOUND, "ModelVersionNotFoundException"
-    else:
-        for cls, cls_status, cls_kind in _TORCHSERVE_ERRORS:
-            if isinstance(exc, cls):
-                status, kind = cls_status, cls_kind
-                break
+# Our error -> TorchServe's REST status and exception type, and its gRPC status code (first match wins).
+# TorchServe answers 503 "Prediction failed" for bad input too; here bad input is a 400 that says what
+# is wrong. A timeout is a 500 on REST, as in TorchServe, and DEADLINE_EXCEEDED on gRPC.
+_TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str, grpc.StatusCode]] = [
+    (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeException",
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InvalidRequestError, HTTPStatus.BAD_REQUEST, "BadRequestException", grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelVersionNotFoundError, HTTPStatus.NOT_FOUND, "ModelVersionNotFoundException", grpc.StatusCode.NOT_FOUND),
+    (ModelNotFoundError, HTTPStatus.NOT_FOUND, "ModelNotFoundException", grpc.StatusCode.NOT_FOUND),
+    (ModelNotReadyError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
+    (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
+    (ExplanationUnavailableError, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedException",
+     grpc.StatusCode.UNIMPLEMENTED),
+    (InferenceTimeoutError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException",
+     grpc.StatusCode.DEADLINE_EXCEEDED),
+    (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException",
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InferenceError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def torchserve_error_kind(exc: PredictorError) -> tuple[HTTPStatus, str, grpc.StatusCode]:
+    """(REST status, TorchServe exception type, gRPC code) of one of our errors, logged here once."""
+    status, kind, code = HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException", grpc.StatusCode.INTERNAL
+    for cls, cls_status, cls_kind, cls_code in _TORCHSERVE_ERRORS:
+        if isinstance(exc, cls):
+            status, kind, code = cls_status, cls_kind, cls_code
+            break
     if status >= 500:
         logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
     else:
         logger.info("%s: %s", kind, exc)
+    return status, kind, code
+
+
+def torchserve_error(exc: PredictorError) -> JSONResponse:
+    """TorchServe's error body {"code", "type", "message"} for one of our errors."""
+    status, kind, _ = torchserve_error_kind(exc)
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (OverloadedError, ModelNotReadyError)) else None
     return JSONResponse({"code": int(status), "type": kind, "message": str(exc)}, status_code=status, headers=headers)
+
+
+def answer_bytes(result: Any) -> bytes:
+    """As TorchServe's frontend writes an answer: str -> its UTF-8 bytes, anything else JSON."""
+    if isinstance(result, str):
+        return result.encode("utf-8")
+    return json.dumps(result, ensure_ascii=False).encode("utf-8")
 
 
 def _truthy(value: str | None) -> bool:
@@ -123,65 +140,97 @@ class TorchServeRoutes:
 
     async def predictions(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         """POST /predictions/{name}[/{version}]: a string answer is the raw body, anything else JSON."""
+        timing = metrics.RequestTiming(model_name, model_version or "default")
+        streaming = False
         try:
             model = self.model(model_name, model_version)
             items = await self.items(request, model)
-            instances = [model.handler.parse(i) for i in items]
-            if self.wants_stream(request, model, len(instances)):
-                return await self.streamed(model, instances[0])
-            results = await model.live_queue.predict(instances)
+            instances = self.instances(model, items)
+            if self.wants_stream(model, request.query_params.get("stream"), len(instances)):
+                chunks = await self.open_stream(model, instances[0], timing)
+                streaming = True
+                return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+            result = await self.predict(model, instances, timing)
         except PredictorError as exc:
             return torchserve_error(exc)
-        return self.answer(results[0] if len(results) == 1 else results)
+        finally:
+            if not streaming:  # a stream is counted when its last chunk is sent
+                timing.finish()
+        return self.answer(result)
 
     async def explanations(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
         """POST /explanations/{name}[/{version}]: one explanation object per input."""
+        timing = metrics.RequestTiming(model_name, model_version or "default")
         try:
             model = self.model(model_name, model_version)
-            items = await self.items(request, model)
-            instances = [model.handler.parse(i) for i in items]
-            results = await model.live_queue.explain(instances)
+            result = await self.explain(model, self.instances(model, await self.items(request, model)), timing)
         except PredictorError as exc:
             return torchserve_error(exc)
-        return self.answer(results[0] if len(results) == 1 else results)
+        finally:
+            timing.finish()
+        return self.answer(result)
+
+    # ---- protocol-neutral steps, shared with the gRPC API (torchserve_grpc.py) ----------------------
+    @staticmethod
+    def instances(model: TransformersModel, items: list[Any]) -> list[Any]:
+        """Raw items -> the core's validated instances (InvalidRequestError when malformed)."""
+        return [model.handler.parse(i) for i in items]
 
     @staticmethod
-    def wants_stream(request: Request, model: TransformersModel, count: int) -> bool:
-        """Streaming: text generation, one input, asked by `?stream=true` or `handler.stream`."""
+    async def predict(model: TransformersModel, instances: list[Any], timing: metrics.RequestTiming) -> Any:
+        """One answer for one input, a list in order for several."""
+        results = await model.live_queue.predict(instances, timing)
+        return results[0] if len(results) == 1 else results
+
+    @staticmethod
+    async def explain(model: TransformersModel, instances: list[Any], timing: metrics.RequestTiming) -> Any:
+        """One explanation object for one input, a list in order for several."""
+        results = await model.live_queue.explain(instances, timing)
+        return results[0] if len(results) == 1 else results
+
+    @staticmethod
+    def wants_stream(model: TransformersModel, asked: str | None, count: int) -> bool:
+        """Streaming: text generation, one input, asked (`?stream=true`) or by `handler.stream`."""
         if model.handler.mode is not TaskName.TEXT_GENERATION:
-            if _truthy(request.query_params.get("stream")):
+            if _truthy(asked):
                 raise InvalidRequestError(f"streaming is only for text_generation; this model is "
                                           f"{model.handler.mode.value}")
             return False
-        asked = request.query_params.get("stream")
         wanted = _truthy(asked) if asked is not None else model.handler.config.handler.stream
         if wanted and count != 1:
             raise InvalidRequestError(f"streaming answers one input; got {count}")
         return wanted
 
     @staticmethod
-    async def streamed(model: TransformersModel, instance: Any) -> Response:
-        """Chunked raw UTF-8 text; the first chunk is awaited here so errors still get a status code."""
-        chunks = model.live_queue.stream(instance)
+    async def open_stream(model: TransformersModel, instance: Any,
+                          timing: metrics.RequestTiming) -> AsyncIterator[bytes]:
+        """The generated text as UTF-8 chunks; the first is awaited here, so errors raise before any is sent."""
+        chunks = model.live_queue.stream(instance, timing)
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             first = ""
+        except BaseException:
+            timing.finish()
+            raise
 
         async def body() -> AsyncIterator[bytes]:
-            yield str(first).encode("utf-8")
-            async for chunk in chunks:
-                if isinstance(chunk, str):  # the closing StreamEnd carries no text
-                    yield chunk.encode("utf-8")
+            try:
+                yield str(first).encode("utf-8")
+                async for chunk in chunks:
+                    if isinstance(chunk, str):  # the closing StreamEnd carries no text
+                        yield chunk.encode("utf-8")
+            finally:
+                timing.finish()
 
-        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        return body()
 
     @staticmethod
     def answer(result: Any) -> Response:
         """As TorchServe's frontend writes it: str -> raw UTF-8 body, anything else JSON."""
         if isinstance(result, str):
             return PlainTextResponse(result)
-        return Response(json.dumps(result, ensure_ascii=False), media_type="application/json")
+        return Response(answer_bytes(result), media_type="application/json")
 
     async def api_description(self) -> JSONResponse:
         """The OpenAPI 3.0 document of every route of this server."""

@@ -50,7 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "PREDICTOR_CACHE_DIR": str(root / "cache")}
     process = subprocess.Popen(
         [sys.executable, str(LAUNCHER), "--model_name", MODEL, "--model_dir", str(model_dir),
-         "--http_port", str(port), "--grpc_port", str(free_port())],
+         "--http_port", str(port), "--grpc_port", str(free_port()), "--ts_grpc_port", "0",
+         "--ts_management_port", "0"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     base = f"http://127.0.0.1:{port}"

@@ -227,9 +227,11 @@ def on_port(text: str, port: int) -> str:
 
 
 def with_ports(words: list[str], http_port: int, grpc_port: int) -> list[str]:
-    """Server arguments with --http_port/--grpc_port set to free ports (replaced or added)."""
+    """Server arguments with --http_port/--grpc_port set to free ports (replaced or added); TorchServe's
+    gRPC and management ports off, so servers started side by side never compete for 7070 and 8082."""
     out = list(words)
-    for flag_name, port in (("--http_port", http_port), ("--grpc_port", grpc_port)):
+    for flag_name, port in (("--http_port", http_port), ("--grpc_port", grpc_port), ("--ts_grpc_port", 0),
+                            ("--ts_management_port", 0)):
         if flag_name in out:
             out[out.index(flag_name) + 1] = str(port)
         else:

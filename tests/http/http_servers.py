@@ -52,23 +52,26 @@ class ServerProcess:
     grpc_port: int
     log_path: Path
     proc: subprocess.Popen[bytes]
+    ts_grpc_port: int = 0
+    management_port: int = 0
     _ready: bool = field(default=False, repr=False)
     _failure: str | None = field(default=None, repr=False)
 
     @classmethod
     def launch(cls, name: str, mode: str, model_dir: Path, workdir: Path, *extra: str) -> ServerProcess:
         """Start `python -m predictor` for one model; returns at once (the server is not ready yet)."""
-        http_port, grpc_port = free_ports(2)
+        http_port, grpc_port, ts_grpc_port, management_port = free_ports(4)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "PREDICTOR_CACHE_DIR": str(workdir / f"cache-{name}"), "PYTHONUNBUFFERED": "1"}
         log_path = workdir / f"server-{name}.log"
         with log_path.open("wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [sys.executable, "-m", "predictor", "--model_name", name, "--model_dir", str(model_dir),
-                 "--http_port", str(http_port), "--grpc_port", str(grpc_port), "--grace_period", "2", *extra],
+                 "--http_port", str(http_port), "--grpc_port", str(grpc_port), "--grace_period", "2",
+                 "--ts_grpc_port", str(ts_grpc_port), "--ts_management_port", str(management_port), *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             )
-        return cls(name, mode, model_dir, http_port, grpc_port, log_path, proc)
+        return cls(name, mode, model_dir, http_port, grpc_port, log_path, proc, ts_grpc_port, management_port)
 
     @property
     def url(self) -> str:

@@ -183,6 +183,7 @@ class ServerProcess:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "predictor", "--model_name", name, "--model_dir", str(model_dir),
                  "--http_port", str(http_port), "--grpc_port", str(grpc_port),
+                 "--ts_grpc_port", "0", "--ts_management_port", "0",  # not under test here; never 7070/8082 twice
                  "--grace_period", str(grace_period_s), *extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
             )
