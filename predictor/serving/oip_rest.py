@@ -73,8 +73,9 @@ class OipRoutes:
 def register_oip_routes(app: FastAPI, dataplane: DataPlane) -> None:
     """The v2 metadata, readiness and infer routes (plain and /versions/{model_version}/)."""
     routes = OipRoutes(dataplane)
-    for path in (V2, V2 + "/"):
-        app.add_api_route(path, routes.server_metadata, methods=["GET"], tags=["V2"])
+    app.add_api_route(V2, routes.server_metadata, methods=["GET"], tags=["V2"])
+    # The same with a trailing slash, as some clients ask for it; one route in the documents.
+    app.add_api_route(V2 + "/", routes.server_metadata, methods=["GET"], tags=["V2"], include_in_schema=False)
     for base in ("/models/{model_name}", "/models/{model_name}/versions/{model_version}"):
         app.add_api_route(V2 + base, routes.model_metadata, methods=["GET"], tags=["V2"])
         app.add_api_route(V2 + base + "/ready", routes.model_ready, methods=["GET"], tags=["V2"])
