@@ -147,7 +147,8 @@ class CompletionRoutes:
                                             "details": True})
             cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
             if request.stream:
-                return StreamingResponse(self._events(queue.stream(instance), cid, created, request),
+                chunks = await queue.open_stream(instance)  # overload and timeouts answered before the 200
+                return StreamingResponse(self._events(chunks, cid, created, request),
                                          media_type="text/event-stream")
             [result] = await queue.predict([instance])
         except PredictorError as exc:

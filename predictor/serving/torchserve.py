@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from predictor.config import TaskName
 from predictor.errors import (
+    ClientGoneError,
     ExplanationUnavailableError,
     InferenceError,
     InferenceTimeoutError,
@@ -43,7 +44,8 @@ _TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str]] = [
     (ExplanationUnavailableError, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedException"),
     (InferenceTimeoutError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"),
     (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException"),
-    (InferenceError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException"),
+    # TorchServe answers 503 here, which tells clients to retry an input that fails again.
+    (InferenceError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException"),
 ]
 
 
@@ -61,7 +63,7 @@ def torchserve_error(exc: PredictorError) -> JSONResponse:
             if isinstance(exc, cls):
                 status, kind = cls_status, cls_kind
                 break
-    if status >= 500:
+    if status >= 500 and not isinstance(exc, ClientGoneError):  # nobody reads the answer to a client that left
         logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
     else:
         logger.info("%s: %s", kind, exc)
@@ -161,15 +163,10 @@ class TorchServeRoutes:
 
     @staticmethod
     async def streamed(model: TransformersModel, instance: Any) -> Response:
-        """Chunked raw UTF-8 text; the first chunk is awaited here so errors still get a status code."""
-        chunks = model.live_queue.stream(instance)
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = ""
+        """Chunked raw UTF-8 text; admitted and its first chunk awaited first, so errors get a status code."""
+        chunks = await model.live_queue.open_stream(instance)
 
         async def body() -> AsyncIterator[bytes]:
-            yield str(first).encode("utf-8")
             async for chunk in chunks:
                 if isinstance(chunk, str):  # the closing StreamEnd carries no text
                     yield chunk.encode("utf-8")
