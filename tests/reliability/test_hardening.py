@@ -204,3 +204,32 @@ def test_an_unexpected_failure_in_the_batch_loop_answers_its_batch_at_once(crash
         response = client.post(f"/predictions/{server.name}", content=texts[0].encode())
     assert (response.status_code, response.text) == (200, seq_labels[texts[0]])
     assert all(server.health().ready)
+
+
+def test_a_cancelled_grpc_call_stops_its_work(gen_server, capsys):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    server: ServerProcess = gen_server
+    item = json.dumps(generation_item(LEFT_TOKENS, "A story told over gRPC"))
+
+    async def leave_early() -> str:
+        client = InferenceGRPCClient(f"127.0.0.1:{server.grpc_port}", timeout=0.5)
+        try:
+            tensor = InferInput(name="text", shape=[1], datatype="BYTES", data=[item])
+            await client.infer(InferRequest(model_name=server.name, infer_inputs=[tensor]))
+        except Exception as exc:  # the deadline passed: the client cancelled its call
+            return str(getattr(exc, "code", lambda: type(exc).__name__)())
+        finally:
+            await client.close()
+        return "answered"
+
+    outcome = asyncio.run(leave_early())
+    assert "DEADLINE_EXCEEDED" in outcome, outcome
+    left = time.monotonic()
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        response = client.request(**route_request("torchserve", server.name, generation_item(QUICK_TOKENS)))
+    waited = time.monotonic() - left
+    with capsys.disabled():
+        print(f"\ngRPC call cancelled at its 0.5s deadline: the next request was answered {waited:.2f}s later")
+    assert response.status_code == 200, response.text
+    assert waited < 3, "the generation of a cancelled gRPC call kept the model worker busy"
