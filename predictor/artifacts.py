@@ -18,6 +18,7 @@ from typing import Any
 from predictor.config import ModelConfig, TaskName, load_model_config
 from predictor.errors import ConfigError
 from predictor.progress import Progress
+from predictor.tokenization import PerThreadTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -234,17 +235,21 @@ def tokenizer_source(model_dir: Path, model_name: str | None) -> Path:
     )
 
 
-def load_tokenizer(model_dir: Path, config: ModelConfig) -> Any:
-    """Load the tokenizer from local files, set up for the task's padding side."""
+def load_tokenizer(model_dir: Path, config: ModelConfig) -> PerThreadTokenizer:
+    """Load the tokenizer as saved (casing, special tokens, padding side), safe to share between threads.
+
+    `handler.do_lower_case` overrides the saved casing only when the config sets it. Encoder modes pad
+    on the right whatever the saved side (see TaskBase.pad); generation pads and truncates on the left.
+    """
     from transformers import AutoTokenizer
 
     handler = config.handler
     source = tokenizer_source(model_dir, handler.model_name)
+    options: dict[str, Any] = {"local_files_only": True, "trust_remote_code": handler.trust_remote_code}
+    if handler.do_lower_case is not None:
+        options["do_lower_case"] = handler.do_lower_case
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, local_files_only=True, do_lower_case=handler.do_lower_case,
-            trust_remote_code=handler.trust_remote_code,
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the tokenizer from {source}: {exc}") from exc
     if handler.mode is TaskName.TEXT_GENERATION:
@@ -255,7 +260,7 @@ def load_tokenizer(model_dir: Path, config: ModelConfig) -> Any:
     elif handler.mode in (TaskName.QUESTION_ANSWERING, TaskName.TOKEN_CLASSIFICATION) and not tokenizer.is_fast:
         raise ConfigError(f"{handler.mode.value} needs a fast tokenizer (character offsets); {source} has none")
     logger.info("tokenizer %s from %s", type(tokenizer).__name__, source)
-    return tokenizer
+    return PerThreadTokenizer(tokenizer)
 
 
 def check_label_count(labels: Sequence[str] | None, num_outputs: int | None, where: str) -> None:

@@ -182,7 +182,7 @@ class HandlerConfig:
     save_mode: SaveMode = SaveMode.PRETRAINED
     serialized_file: str | None = None
     max_length: int = 128
-    do_lower_case: bool = True
+    do_lower_case: bool | None = None  # None: the tokenizer as saved (a cased checkpoint stays cased)
     num_labels: int | None = None
     captum_explanation: bool = False
     embedding_name: str | None = None
@@ -226,7 +226,7 @@ class HandlerConfig:
             save_mode=SaveMode(read.choice("save_mode", "pretrained", tuple(s.value for s in SaveMode))),
             serialized_file=read.optional_str("serialized_file"),
             max_length=max_length,
-            do_lower_case=read.boolean("do_lower_case", True),
+            do_lower_case=read.boolean("do_lower_case", True) if "do_lower_case" in raw else None,
             num_labels=read.optional_positive_int("num_labels"),
             captum_explanation=read.boolean("captum_explanation", False),
             embedding_name=read.optional_str("embedding_name"),

@@ -112,20 +112,27 @@ class Explainer:
         self.lig = _lig_class()(self._forward, self.layer)
         self.lock = threading.Lock()
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: Any) -> torch.Tensor:
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return select(outputs)  # type: ignore[no-any-return]
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+                 select: Any) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:  # BERT-like QA reads the context as segment 1, as the served model does
+            inputs["token_type_ids"] = token_type_ids
+        return select(self.model(**inputs))  # type: ignore[no-any-return]
 
     def encode(self, text: str, pair: str | None = None) -> dict[str, torch.Tensor]:
-        """Input ids, attention mask and the baseline: content tokens -> pad, special tokens kept."""
+        """Model inputs, the baseline (content tokens -> pad, special tokens kept) and, for a pair, the context mask."""
         enc = self.tokenizer(text, pair, truncation="only_second" if pair else True,
                              max_length=self.handler.max_length, return_special_tokens_mask=True,
                              return_tensors="pt")
         ids = enc["input_ids"]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         baseline = torch.where(enc["special_tokens_mask"].bool(), ids, torch.full_like(ids, pad))
-        return {"input_ids": ids.to(self.device), "attention_mask": enc["attention_mask"].to(self.device),
-                "baseline": baseline.to(self.device)}
+        out = {"input_ids": ids, "attention_mask": enc["attention_mask"], "baseline": baseline}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        if pair is not None:
+            out["context"] = torch.tensor([sid == 1 for sid in enc.sequence_ids(0)])
+        return {k: v.to(self.device) for k, v in out.items()}
 
     def steps(self, instance: Instance, targets: int = 1) -> int:
         """n_steps for this request, keeping steps x targets within handler.max_explain_steps.
@@ -145,10 +152,11 @@ class Explainer:
         """One Captum call for several targets of the same input (they share its batches)."""
         k = len(targets)
         ids = enc["input_ids"].expand(k, -1)
+        types = enc["token_type_ids"].expand(k, -1) if "token_type_ids" in enc else None
         with self.lock, torch.enable_grad():
             attributions, delta = self.lig.attribute(
                 inputs=ids, baselines=enc["baseline"].expand(k, -1), target=list(targets),
-                additional_forward_args=(enc["attention_mask"].expand(k, -1), select),
+                additional_forward_args=(enc["attention_mask"].expand(k, -1), types, select),
                 n_steps=n_steps, internal_batch_size=max(self.handler.internal_batch_size, k),
                 return_convergence_delta=True,
             )
@@ -161,13 +169,15 @@ class Explainer:
                                                                        already_has_special_tokens=True)])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         baseline = torch.where(special.bool(), ids, torch.full_like(ids, pad))
-        return {"input_ids": ids.to(self.device), "attention_mask": torch.tensor([row["attention_mask"]]).to(self.device),
-                "baseline": baseline.to(self.device)}
+        out = {"input_ids": ids, "attention_mask": torch.tensor([row["attention_mask"]]), "baseline": baseline}
+        if "token_type_ids" in row:
+            out["token_type_ids"] = torch.tensor([row["token_type_ids"]])
+        return {k: v.to(self.device) for k, v in out.items()}
 
     def predict_logits(self, enc: dict[str, torch.Tensor]) -> Any:
         """The clone's outputs for the input, without gradients."""
         with torch.inference_mode():
-            return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            return self._forward(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"), lambda out: out)
 
     def words(self, enc: dict[str, torch.Tensor]) -> list[str]:
         """The tokens the importances belong to, special tokens included (as TorchServe shows them)."""

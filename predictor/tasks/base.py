@@ -44,6 +44,9 @@ class Instance:
     details: bool = False
     generation: GenerationParams | None = None
     n_steps: int | None = None  # Integrated Gradients steps asked for by an explanation request
+    # A generation prompt the server tokenised itself (a chat template's rendering, whose control
+    # tokens are special); `text` is then its decoding. None: `text` is tokenised as user text.
+    prompt_ids: tuple[int, ...] | None = None
     # Set by the server once nobody waits for the answer (timeout, client gone): long work (generation,
     # explanations) stops at its next step. Not part of the instance's value.
     cancel: threading.Event | None = field(default=None, compare=False, repr=False)
@@ -194,6 +197,10 @@ class TaskBase:
     """Construction and the padding step shared by the four modes."""
 
     name: ClassVar[TaskName]
+    # Encoders pad on the right whatever side the tokenizer was saved with: absolute position
+    # embeddings (BERT, DeBERTa, ELECTRA) shift under left padding, and answers must not depend
+    # on which other inputs share the batch.
+    padding_side: ClassVar[str] = "right"
 
     def __init__(self, model: Any, tokenizer: Any, config: ModelConfig, labels: list[str] | None) -> None:
         self.model = model  # predictor.loading.ModelRunner
@@ -204,7 +211,8 @@ class TaskBase:
 
     def pad(self, rows: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         """Pad rows to the longest of them (never to max_length)."""
-        batch = self.tokenizer.pad(list(rows), padding="longest", return_tensors="pt")
+        batch = self.tokenizer.pad(list(rows), padding="longest", padding_side=self.padding_side,
+                                   return_tensors="pt")
         return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
     def encode_truncated(self, batch: Sequence[Instance], **options: Any) -> list[Encoded]:

@@ -38,8 +38,12 @@ def parse_token_target(target: Any, num_labels: int) -> tuple[int, int] | None:
 
 
 def parse_span_target(target: Any) -> tuple[int, int] | None:
-    """A question-answering target: the answer's [start, end] token positions (default: the predicted span)."""
-    if target is None:
+    """A question-answering target: the answer's [start, end] token positions (default: the predicted span).
+
+    A single class index, as TorchServe's QA example sends (`"target": 0`), means the default: the
+    original handler attributes to the predicted start and end whatever its target says.
+    """
+    if target is None or type(target) is int or (isinstance(target, str) and target.strip().isdigit()):
         return None
     span = parse_token_target(target, 0)
     if span is None or span[1] < span[0]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,12 +54,18 @@ class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
     transformers' own streamer holds text back until a space (or a newline) arrives, so a continuation
     without one (code, many scripts, small models) only arrived at the very end. Incremental decoding
     with a prefix window (as text-generation-inference does) keeps each step O(1) and holds back only an
-    incomplete UTF-8 sequence (U+FFFD). The pieces concatenate to the decoded continuation.
+    incomplete UTF-8 sequence (U+FFFD) or a run of byte-fallback tokens (`<0xE2>`): SentencePiece's
+    decoder reads a run as one byte string, so a later invalid byte turns the earlier ones into U+FFFD
+    too. The pieces concatenate to the continuation as the whole sequence decodes it.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, prompt_tail: Sequence[int] = (), byte_ids: frozenset[int] = frozenset()) -> None:
         super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.window = (0, 0)  # (prefix start, read offset) into token_cache
+        self.byte_ids = byte_ids
+        # The prompt's last tokens start the prefix window: a SentencePiece token decoded alone loses
+        # its leading space ("▁word" -> "word"), decoded after its predecessor it keeps it.
+        self.token_cache = list(prompt_tail)
+        self.window = (0, len(self.token_cache))  # (prefix start, read offset) into token_cache
 
     def _pending(self) -> tuple[str, str]:
         start, read = self.window
@@ -71,6 +78,8 @@ class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
             self.next_tokens_are_prompt = False
             return
         self.token_cache.extend(value.reshape(-1).tolist())
+        if self.token_cache[-1] in self.byte_ids:
+            return
         seen, text = self._pending()
         if len(text) > len(seen) and not text.endswith("\ufffd"):
             self.on_finalized_text(text[len(seen):])
@@ -99,6 +108,9 @@ class StopWhenCancelled:
         return self._none
 
 
+# Prompt tokens that open a stream's decoding window (enough context for any decoder's spacing).
+_PROMPT_TAIL = 4
+
 _SAMPLING = threading.Lock()
 
 
@@ -119,6 +131,22 @@ def sampling_rng(params: GenerationParams) -> Iterator[None]:
         yield
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def byte_fallback_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of SentencePiece byte-fallback tokens (`<0x00>`..`<0xFF>`); empty for other vocabularies."""
+    return frozenset(i for token, i in tokenizer.get_vocab().items() if _BYTE_TOKEN.fullmatch(token))
+
+
+def end_of_sequence_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a generation: the generation config's (one id or a list) and the tokenizer's."""
+    configured = getattr(getattr(model.module, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
 _PARAMS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "seed", "stop"}
 _MAX_STOPS = 8
 
@@ -127,6 +155,12 @@ class TextGenerationTask(TaskBase):
     """TorchServe answer: prompt + generated text, sampled with the seed's defaults (top_p 0.95, top_k 60)."""
 
     name = TaskName.TEXT_GENERATION
+    padding_side = "left"  # every row continues from its last token
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eos_ids = end_of_sequence_ids(self.model, self.tokenizer)
+        self.byte_ids = byte_fallback_ids(self.tokenizer)
 
     def default_params(self) -> GenerationParams:
         """The seed handler's sampling defaults, with the configured token budget."""
@@ -165,7 +199,8 @@ class TextGenerationTask(TaskBase):
         context = self.context_size
         if context is None or instance.generation is None:
             return
-        prompt = min(len(self.tokenizer(instance.text)["input_ids"]), self.handler.max_length)
+        ids = instance.prompt_ids or self.tokenizer(instance.text)["input_ids"]
+        prompt = min(len(ids), self.handler.max_length)
         if prompt + instance.generation.max_new_tokens > context:
             raise InvalidRequestError(f"prompt ({prompt} tokens) + max_new_tokens "
                                       f"({instance.generation.max_new_tokens}) exceed the model's context of "
@@ -214,14 +249,42 @@ class TextGenerationTask(TaskBase):
 
     def encode(self, batch: Sequence[Instance]) -> list[Encoded]:
         """Tokenise prompts, keeping the last max_length tokens of an over-long prompt."""
-        texts = [i.text for i in batch]
-        full = self.tokenizer(texts)["input_ids"]
-        enc = self.tokenizer(texts, truncation=True, max_length=self.handler.max_length)
-        return [
-            Encoded(instance=inst, rows=[{"input_ids": enc["input_ids"][n], "attention_mask": enc["attention_mask"][n]}],
-                    truncated=len(full[n]) > len(enc["input_ids"][n]))
-            for n, inst in enumerate(batch)
-        ]
+        texts = [i.text for i in batch if i.prompt_ids is None]
+        full = iter(self.tokenizer(texts)["input_ids"] if texts else [])
+        enc = iter(self.tokenizer(texts, truncation=True, max_length=self.handler.max_length)["input_ids"]
+                   if texts else [])
+        out = []
+        for instance in batch:
+            if instance.prompt_ids is None:
+                whole, ids = len(next(full)), next(enc)
+            else:
+                whole, ids = len(instance.prompt_ids), list(instance.prompt_ids[-self.handler.max_length:])
+            out.append(Encoded(instance=instance, rows=[{"input_ids": ids, "attention_mask": [1] * len(ids)}],
+                               truncated=whole > len(ids)))
+        return out
+
+    def parse_chat(self, messages: Sequence[Mapping[str, Any]], parameters: Mapping[str, Any]) -> Instance:
+        """A conversation -> the prompt the tokenizer's chat template makes of it, ready for the assistant's turn.
+
+        The template's own control tokens are special; the same strings typed inside a message are text
+        (`sanitize_control_tokens`), so a user cannot open a system turn.
+        """
+        from jinja2 import TemplateError  # what transformers renders chat templates with
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequestError("this model's tokenizer has no chat template, so it cannot take chat messages; "
+                                      "send a text prompt instead")
+        try:
+            ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True,
+                                                     sanitize_control_tokens=True, return_dict=False)
+        except (TemplateError, ValueError, TypeError, KeyError) as exc:  # e.g. the template's "roles must alternate"
+            raise InvalidRequestError(f"messages: the model's chat template refused them: {exc}") from exc
+        if not ids:
+            raise InvalidRequestError("messages: the chat template made an empty prompt of them")
+        instance = Instance(text=self.tokenizer.decode(ids), prompt_ids=tuple(ids), details=True,
+                            generation=self.parse_params(parameters))
+        self.check_context(instance)
+        return instance
 
     def _generate_kwargs(self, params: GenerationParams, prompt_len: int,
                          instances: Sequence[Instance]) -> dict[str, Any]:
@@ -265,22 +328,35 @@ class TextGenerationTask(TaskBase):
                 params, prompt_len, [e.instance for e in batch]))
         return [self._answer(enc, out[n, prompt_len:].tolist(), params) for n, enc in enumerate(batch)]
 
-    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str, str]:
-        """The generated ids up to EOS, their text, and why generation ended (eos, stop or length)."""
-        eos = self.tokenizer.eos_token_id
+    def _finish(self, new_ids: list[int], params: GenerationParams) -> tuple[list[int], str]:
+        """The generated ids up to the first end-of-sequence id, and why generation ended (eos, stop or length)."""
         finish = "length"
-        if eos is not None and eos in new_ids:
-            new_ids = new_ids[: new_ids.index(eos) + 1]
+        end = next((n for n, token in enumerate(new_ids) if token in self.eos_ids), None)
+        if end is not None:
+            new_ids = new_ids[: end + 1]
             finish = "eos"
-        continuation = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        if params.stop and any(s in continuation for s in params.stop):
+        if params.stop and any(s in self.tokenizer.decode(new_ids, skip_special_tokens=True) for s in params.stop):
             finish = "stop"
-        return new_ids, continuation, finish
+        return new_ids, finish
+
+    def _echo(self, enc: Encoded) -> str:
+        """The prompt as the answer starts with it: the user's own text when the model saw only its tail."""
+        if enc.truncated:
+            return enc.instance.text
+        return self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+
+    def _continuation(self, prompt_ids: list[int], new_ids: list[int]) -> str:
+        """The generated text as the whole sequence decodes it (pieces decoded apart lose or double spaces)."""
+        prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        whole = self.tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+        if whole.startswith(prompt):
+            return whole[len(prompt):]
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True)  # a decoder that rewrites the prompt
 
     def _answer(self, enc: Encoded, new_ids: list[int], params: GenerationParams) -> Prediction:
-        new_ids, continuation, finish = self._finish(new_ids, params)
-        prompt = self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
-        text = prompt + continuation  # equals the concatenation of the streamed chunks
+        new_ids, finish = self._finish(new_ids, params)
+        continuation = self._continuation(enc.rows[0]["input_ids"], new_ids)
+        text = self._echo(enc) + continuation  # equals the concatenation of the streamed chunks
         if not enc.instance.details:
             return text
         return {"generated_text": text, "continuation": continuation, "prompt_tokens": len(enc.rows[0]["input_ids"]),
@@ -293,7 +369,8 @@ class TextGenerationTask(TaskBase):
         """
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
-        streamer = TokenStreamer(self.tokenizer)
+        # Decoding only: the shared tokenizer, so this short-lived thread needs no copy of its own.
+        streamer = TokenStreamer(self.tokenizer.shared, enc.rows[0]["input_ids"][-_PROMPT_TAIL:], self.byte_ids)
         inputs = self._inputs([enc])
         prompt_len = inputs["input_ids"].shape[1]
         failure: list[BaseException] = []
@@ -312,14 +389,14 @@ class TextGenerationTask(TaskBase):
 
         worker = threading.Thread(target=generate, name="predictor-generate", daemon=True)
         worker.start()
-        yield self.tokenizer.decode(enc.rows[0]["input_ids"], skip_special_tokens=True)
+        yield self._echo(enc)
         for piece in streamer:
             if piece:
                 yield piece
         worker.join()
         if failure:
             raise failure[0]
-        new_ids, _, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
+        new_ids, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
         yield StreamEnd(finish_reason=finish, generated_tokens=len(new_ids), prompt_tokens=prompt_len)
 
     def explain(self, instance: Instance) -> Explanation:

@@ -181,8 +181,9 @@ def test_explanations_match_the_seeds_attributions(tiny_report: dict[str, Any]) 
         assert figures["inputs"] == 1 and figures["n_steps"] == 50
         assert figures["ours_ms_median"] > 0 and figures["seed_ms_median"] > 0 and figures["speedup"] > 0
         assert figures["tokens_match"] is True
-        # Same method, baseline, target and steps: only the batching of the steps differs.
-        assert figures["cosine_min"] > 0.99
+        # Same method, baseline, target and steps: only the batching of the steps differs, and for QA
+        # the segment ids (token_type_ids) the served model reads, which the seed's forward drops.
+        assert figures["cosine_min"] > (0.99 if mode == "sequence_classification" else 0.95)
 
 
 def test_table_prints_every_section_that_ran(tiny_report: dict[str, Any]) -> None:

@@ -102,7 +102,7 @@ def test_minimal_config_gets_every_default() -> None:
         128,
     )
     assert (h.do_lower_case, h.num_labels, h.captum_explanation, h.embedding_name) == (
-        True,
+        None,  # absent: the tokenizer as saved
         None,
         False,
         None,
