@@ -39,13 +39,52 @@ class ModelSource:
     archive: Path | None = None
 
 
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What a .mar may unpack to; a larger archive is refused before anything is written.
+
+    Members declare their size, and zipfile never extracts more than that, so the declared sizes
+    bound what unpacking writes.
+    """
+
+    max_bytes: int = 64 * 2**30  # all members, unpacked
+    max_entries: int = 10_000
+    max_ratio: int = 200  # unpacked / packed size of a member over RATIO_MIN_BYTES (weights: about 1.1)
+
+    RATIO_MIN_BYTES = 2**20  # small text files compress well and cost little
+
+    def check(self, archive: Path, members: Sequence[zipfile.ZipInfo]) -> None:
+        """ConfigError naming the exceeded limit and its flag."""
+        if len(members) > self.max_entries:
+            raise ConfigError(f"{archive.name}: {len(members)} entries; the limit is {self.max_entries} "
+                              "(--mar_max_entries)")
+        total = sum(m.file_size for m in members)
+        if total > self.max_bytes:
+            raise ConfigError(f"{archive.name}: unpacks to {total} bytes; the limit is {self.max_bytes} "
+                              "(--mar_max_bytes)")
+        for member in members:
+            ratio = member.file_size / max(1, member.compress_size)
+            if member.file_size > self.RATIO_MIN_BYTES and ratio > self.max_ratio:
+                raise ConfigError(f"{archive.name}: member {member.filename!r} expands {ratio:.0f} times "
+                                  f"({member.compress_size} -> {member.file_size} bytes); the limit is "
+                                  f"{self.max_ratio} (--mar_max_ratio)")
+
+
+def inside(root: Path, name: str, what: str) -> Path:
+    """root / name, refused (ConfigError) when it leaves root: absolute, `..` or a symlink out."""
+    path = (root / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
+        raise ConfigError(f"{what} {name!r} points outside the archive; it must name a file inside it")
+    return path
+
+
 def listing(path: Path) -> str:
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     return ", ".join(names[:30]) or "nothing"
 
 
-def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
-    """Unpack a TorchServe .mar (a zip) once into the cache, refusing paths that escape it."""
+def _unpack_mar(archive: Path, cache_dir: Path, limits: ArchiveLimits) -> Path:
+    """Unpack a TorchServe .mar (a zip) once into the cache, refusing paths that escape it and bombs."""
     digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir / f"{archive.stem}-{digest}"
     if (target / ".complete").exists():
@@ -57,6 +96,7 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
             sum(m.file_size for m in zf.infolist()), f"unpacking {archive.name}", unit="B"
         ) as progress:
             members = zf.infolist()
+            limits.check(archive, members)
             logger.info("unpacking %s (%d files) into %s", archive.name, len(members), target)
             for member in members:
                 dest = (partial / member.filename).resolve()
@@ -79,7 +119,8 @@ def _unpack_mar(archive: Path, cache_dir: Path) -> Path:
     return target
 
 
-def resolve_model_source(model_dir: Path, config_path: Path | None, cache_dir: Path) -> ModelSource:
+def resolve_model_source(model_dir: Path, config_path: Path | None, cache_dir: Path,
+                         archive_limits: ArchiveLimits | None = None) -> ModelSource:
     """Find the model in model_dir: a save_pretrained folder, a TorchScript file or a .mar archive."""
     if not model_dir.is_dir():
         raise ConfigError(f"model directory {model_dir} does not exist or is not a directory")
@@ -88,13 +129,14 @@ def resolve_model_source(model_dir: Path, config_path: Path | None, cache_dir: P
         raise ConfigError(f"model directory {model_dir}: expected at most one .mar, found "
                           + ", ".join(a.name for a in archives))
     if archives and not (model_dir / "config.json").exists():
-        return _source_from_mar(archives[0], config_path, cache_dir)
+        return _source_from_mar(archives[0], config_path, cache_dir, archive_limits or ArchiveLimits())
     local = model_dir / MODEL_CONFIG_FILE
     return ModelSource(path=model_dir, config_path=config_path or (local if local.exists() else None))
 
 
-def _source_from_mar(archive: Path, config_path: Path | None, cache_dir: Path) -> ModelSource:
-    path = _unpack_mar(archive, cache_dir)
+def _source_from_mar(archive: Path, config_path: Path | None, cache_dir: Path,
+                     limits: ArchiveLimits) -> ModelSource:
+    path = _unpack_mar(archive, cache_dir, limits)
     manifest_file = path / "MAR-INF" / "MANIFEST.json"
     try:
         document = json.loads(manifest_file.read_text(encoding="utf-8"))
@@ -102,11 +144,17 @@ def _source_from_mar(archive: Path, config_path: Path | None, cache_dir: Path) -
         raise ConfigError(f"{archive}: cannot read MAR-INF/MANIFEST.json: {exc}") from exc
     manifest = document.get("model", {}) if isinstance(document, Mapping) else None
     if not isinstance(manifest, Mapping):
-        raise ConfigError(f"{archive}: MAR-INF/MANIFEST.json: expected {{\"model\": {{...}}}}, got {document!r:.200}")
+        raise ConfigError(f"{archive}: MAR-INF/MANIFEST.json: expected {{\"model\": {{...}}}}, "
+                          f"got {type(document).__name__}")  # never the file's text
+    for key in ("configFile", "serializedFile"):
+        named = manifest.get(key)
+        if named is not None and not isinstance(named, str):
+            raise ConfigError(f"{archive}: MAR-INF/MANIFEST.json model.{key}: expected a file name")
+        if named:
+            inside(path, named, f"{archive.name}: MAR-INF/MANIFEST.json model.{key}")
     if config_path is None:
-        named = manifest.get("configFile")
-        candidate = path / (named or MODEL_CONFIG_FILE)
-        config_path = candidate if candidate.exists() else None
+        candidate = path / (manifest.get("configFile") or MODEL_CONFIG_FILE)
+        config_path = candidate if candidate.is_file() else None
     return ModelSource(
         path=path,
         config_path=config_path,

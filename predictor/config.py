@@ -252,7 +252,7 @@ class HandlerConfig:
         )
 
 
-_LIMIT_KEYS = {"max_body_bytes", "max_instances", "max_text_chars"}
+_LIMIT_KEYS = {"max_body_bytes", "max_instances", "max_text_chars", "max_stream_seconds", "max_qa_windows"}
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,8 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_instances: int = 64
     max_text_chars: int = 200_000
+    max_stream_seconds: float = 600.0  # a stream's own deadline: it ends there (responseTimeout bounds its start)
+    max_qa_windows: int = 64  # context windows one question-answering input may need
 
     @classmethod
     def from_yaml(cls, raw: Mapping[str, Any]) -> Limits:
@@ -272,6 +274,8 @@ class Limits:
             max_body_bytes=read.positive_int("max_body_bytes", cls.max_body_bytes),
             max_instances=read.positive_int("max_instances", cls.max_instances),
             max_text_chars=read.positive_int("max_text_chars", cls.max_text_chars),
+            max_stream_seconds=read.positive_number("max_stream_seconds", cls.max_stream_seconds),
+            max_qa_windows=read.positive_int("max_qa_windows", cls.max_qa_windows),
         )
 
 
@@ -304,14 +308,14 @@ class ModelConfig:
     def from_yaml(cls, raw: Any) -> ModelConfig:
         """Validate a parsed model-config.yaml document."""
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"model-config.yaml: expected a mapping at the top level, got {raw!r}")
+            raise ConfigError(f"model-config.yaml: expected a mapping at the top level, got {type(raw).__name__}")
         _warn_unknown("model-config.yaml", raw, _TOP_KEYS | _TORCHSERVE_ONLY)
         handler_raw = raw.get("handler")
         if not isinstance(handler_raw, Mapping):
-            raise ConfigError(f"handler: expected a mapping with at least `mode`, got {handler_raw!r}")
+            raise ConfigError(f"handler: expected a mapping with at least `mode`, got {type(handler_raw).__name__}")
         limits_raw = raw.get("limits") or {}
         if not isinstance(limits_raw, Mapping):
-            raise ConfigError(f"limits: expected a mapping, got {limits_raw!r}")
+            raise ConfigError(f"limits: expected a mapping, got {type(limits_raw).__name__}")
         read = _Reader("model-config.yaml", raw)
         version = raw.get("modelVersion")
         if isinstance(version, float):
@@ -340,8 +344,11 @@ def load_model_config(path: Path) -> ModelConfig:
         raise ConfigError(f"model config: no file at {path}") from exc
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"model config {path}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # where and what, never the file's text (yaml quotes the line)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"model config {path}: not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
     config = ModelConfig.from_yaml(raw)
     logger.info("model config %s: mode=%s save_mode=%s", path, config.handler.mode.value,
                 config.handler.save_mode.value)

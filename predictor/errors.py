@@ -62,6 +62,10 @@ class RequestCancelledError(InferenceTimeoutError):
     """Nobody waits for the answer any more (its timeout passed, or its client left): the work stopped."""
 
 
+class ClientGoneError(RequestCancelledError):
+    """The client left (HTTP disconnect, gRPC cancel) before its answer was ready: the work stopped."""
+
+
 class InferenceError(PredictorError):
     """The model failed while computing an answer; always raised `from` the original exception."""
 

@@ -162,6 +162,18 @@ class Explainer:
             )
         return attributions.detach(), delta.detach()
 
+    def encode_row(self, row: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+        """encode() for a row the task already tokenised (a QA window)."""
+        ids = torch.tensor([row["input_ids"]])
+        special = torch.tensor([self.tokenizer.get_special_tokens_mask(row["input_ids"],
+                                                                       already_has_special_tokens=True)])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        baseline = torch.where(special.bool(), ids, torch.full_like(ids, pad))
+        out = {"input_ids": ids, "attention_mask": torch.tensor([row["attention_mask"]]), "baseline": baseline}
+        if "token_type_ids" in row:
+            out["token_type_ids"] = torch.tensor([row["token_type_ids"]])
+        return {k: v.to(self.device) for k, v in out.items()}
+
     def predict_logits(self, enc: dict[str, torch.Tensor]) -> Any:
         """The clone's outputs for the input, without gradients."""
         with torch.inference_mode():
@@ -216,6 +228,8 @@ def explain_token_classification(task: Any, instance: Instance) -> Explanation:
         special = set(i for i, t in enumerate(enc["baseline"][0].tolist()) if t == enc["input_ids"][0, i])
         targets = [(i, lab) for i, lab in enumerate(predicted) if i not in special and task.label(lab) != "O"]
         targets = targets or [(i, predicted[i]) for i in range(length) if i not in special][:1]
+        if not targets:
+            raise InvalidRequestError("the text has no tokens to explain: it tokenises to special tokens only")
     n_steps = ex.steps(instance, len(targets))
 
     def select(outputs: Any) -> torch.Tensor:
@@ -233,16 +247,23 @@ def explain_token_classification(task: Any, instance: Instance) -> Explanation:
 
 @_cancellable
 def explain_question_answering(task: Any, instance: Instance) -> Explanation:
-    """Attributions of question and context tokens to the answer's start and to its end, in one pass."""
+    """Attributions of question and context tokens to the answer's start and to its end, in one pass.
+
+    A long context is explained in the window that holds the served answer; target positions count
+    in that window.
+    """
     ex = explainer_for(task)
-    enc = ex.encode(instance.text, instance.context)
+    [encoded] = task.encode([instance])
+    spans = task.window_spans([encoded])[0] if len(encoded.rows) > 1 or instance.target is None else [(0.0, 0, 0)]
+    window = task.best_window(spans)
+    enc = ex.encode_row(encoded.rows[window])
     length = enc["input_ids"].shape[1]
     if instance.target is not None:
         start, end = instance.target
         if end >= length:
             raise InvalidRequestError(f"field 'target': position {end} is past the last token ({length - 1})")
     else:
-        start, end = _predicted_span(task, ex, enc)
+        _, start, end = spans[window]
 
     def select(outputs: Any) -> torch.Tensor:
         return torch.cat([outputs.start_logits, outputs.end_logits], dim=1) if hasattr(outputs, "start_logits") \
@@ -251,17 +272,7 @@ def explain_question_answering(task: Any, instance: Instance) -> Explanation:
     attributions, delta = ex.attribute(enc, select, [start, length + end], ex.steps(instance, 2))
     return {"words": ex.words(enc), "importances_answer_start": summarize(attributions[0]),
             "importances_answer_end": summarize(attributions[1]), "delta_start": float(delta[0]),
-            "delta_end": float(delta[1]), "target": [start, end]}
-
-
-def _predicted_span(task: Any, ex: Explainer, enc: dict[str, torch.Tensor]) -> tuple[int, int]:
-    from predictor.tasks.question_answering import best_span
-
-    outputs = ex.predict_logits(enc)
-    start_logits = outputs.start_logits[0] if hasattr(outputs, "start_logits") else outputs[0][0]
-    end_logits = outputs.end_logits[0] if hasattr(outputs, "end_logits") else outputs[1][0]
-    s, e, _ = best_span(start_logits.cpu(), end_logits.cpu(), enc["context"].cpu(), task.handler.max_answer_length)
-    return s, e
+            "delta_end": float(delta[1]), "target": [start, end], "window": window}
 
 
 @_cancellable
@@ -277,10 +288,12 @@ def explain_text_generation(task: Any, instance: Instance) -> Explanation:
         greedy = task.parse({"text": instance.text, "parameters": {"max_new_tokens": 5, "do_sample": False},
                              "details": True})
         target = task.run(task.encode([greedy]))[0]["continuation"] or task.tokenizer.eos_token
+    prompt = _prompt_within_max_length(task, instance.text)
     target_tokens = len(task.tokenizer(target, add_special_tokens=False)["input_ids"])
+    _check_fits_context(task, prompt, target_tokens)
     n_steps = ex.steps(instance, max(1, target_tokens))
     llm_attr = LLMGradientAttribution(_lig_class()(ex.model, ex.model.get_input_embeddings()), task.tokenizer)
-    inp = TextTokenInput(instance.text, task.tokenizer)
+    inp = TextTokenInput(prompt, task.tokenizer)
     with ex.lock, torch.enable_grad():
         result = llm_attr.attribute(inp, target=target, n_steps=n_steps,
                                     internal_batch_size=ex.handler.internal_batch_size)
@@ -289,3 +302,20 @@ def explain_text_generation(task: Any, instance: Instance) -> Explanation:
     return {"words": list(result.input_tokens), "importances": (seq_attr / norm if norm > 0 else seq_attr).tolist(),
             "target": target, "output_tokens": list(result.output_tokens),
             "token_importances": result.token_attr.detach().float().tolist() if result.token_attr is not None else []}
+
+
+def _prompt_within_max_length(task: Any, text: str) -> str:
+    """The prompt as generation sees it: its last handler.max_length tokens."""
+    ids = task.tokenizer(text)["input_ids"]
+    if len(ids) <= task.handler.max_length:
+        return text
+    return str(task.tokenizer.decode(ids[-task.handler.max_length:], skip_special_tokens=True))
+
+
+def _check_fits_context(task: Any, prompt: str, target_tokens: int) -> None:
+    """Prompt and target are one sequence for the model: InvalidRequestError when it exceeds the context."""
+    context = task.context_size
+    prompt_tokens = len(task.tokenizer(prompt)["input_ids"])
+    if context is not None and prompt_tokens + target_tokens > context:
+        raise InvalidRequestError(f"explanation target ({target_tokens} tokens) after the prompt ({prompt_tokens} "
+                                  f"tokens) runs past the model's context of {context} tokens")

@@ -14,10 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from predictor.errors import InferenceTimeoutError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.errors import (
+    ClientGoneError,
+    InferenceError,
+    InferenceTimeoutError,
+    ModelNotReadyError,
+    OverloadedError,
+    PredictorError,
+)
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics
+from predictor.serving.callers import current_caller
 from predictor.serving.cpu import LoneBatchThreads
+from predictor.serving.middleware import request_id_var
 from predictor.tasks import Instance, Prediction, StreamEnd
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,7 @@ _END = object()
 class _Job:
     instance: Instance
     future: asyncio.Future[Prediction]
+    request_id: str = "-"
     timing: metrics.RequestTiming | None = None
     enqueued_at: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -54,13 +64,14 @@ class InferenceQueue:
 
     def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float,
                  workers: int = 1, threads: int = 1, all_threads: int = 1,
-                 set_threads: Callable[[int], None] | None = None) -> None:
+                 set_threads: Callable[[int], None] | None = None, stream_timeout_s: float = 600.0) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
         self.handler = handler
         self.batch_size = batch_size
         self.capacity = capacity
         self.timeout_s = timeout_s
+        self.stream_timeout_s = stream_timeout_s
         self.workers = workers
         self.threads = threads
         self.lone_threads = LoneBatchThreads(threads, all_threads if set_threads is not None else threads)
@@ -77,6 +88,9 @@ class InferenceQueue:
             max_workers=1, thread_name_prefix="predictor-wide",
             initializer=None if set_threads is None else functools.partial(set_threads, all_threads))
         self._wide_jobs = 0  # submitted to the wide thread and not finished (read and written on the loop)
+        self._waiting_streams = 0  # admitted streams without a model worker yet
+        self._explaining = 0  # admitted explanation inputs not finished
+        # Work running on a thread -> when it last made progress (started, or streamed a chunk).
         self._busy_since: dict[object, float] = {}
         self._closing = False
         metrics.WORKERS.set(workers)
@@ -84,12 +98,16 @@ class InferenceQueue:
     # ---- state -------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
-        """Inputs waiting for a forward pass."""
-        return len(self._jobs)
+        """Admitted work not answered yet but waiting: inputs, streams without a worker, explanations."""
+        return len(self._jobs) + self._waiting_streams + self._explaining
 
     @property
     def wedged(self) -> bool:
-        """True when a running forward pass has exceeded responseTimeout: inference is stuck."""
+        """True when running work made no progress for responseTimeout: a forward pass is stuck.
+
+        A stream makes progress with every chunk, so a long stream never counts (it has its own
+        deadline, limits.max_stream_seconds).
+        """
         now = time.monotonic()
         return any(now - since > self.timeout_s for since in list(self._busy_since.values()))
 
@@ -100,8 +118,8 @@ class InferenceQueue:
     def _admit(self, count: int) -> None:
         if self._closing:
             raise ModelNotReadyError("the server is shutting down")
-        if len(self._jobs) + count > self.capacity:
-            raise OverloadedError(f"the inference queue is full ({len(self._jobs)} of {self.capacity} waiting)")
+        if self.depth + count > self.capacity:
+            raise OverloadedError(f"the inference queue is full ({self.depth} of {self.capacity} waiting)")
 
     # ---- predictions ---------------------------------------------------------------------------
     async def predict(self, instances: Sequence[Instance],
@@ -113,19 +131,29 @@ class InferenceQueue:
             self._wakeup = asyncio.Event()
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
-        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), timing) for instance in instances]
+        request_id = request_id_var.get()
+        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), request_id, timing)
+                for instance in instances]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
         self._wakeup.set()
         futures = [job.future for job in jobs]
+
+        def give_up(exc: PredictorError) -> None:
+            cancel.set()  # running: generation stops at its next token, QA between window passes
+            for future in futures:
+                _settle(future, exc=exc)  # still queued: skipped by the dispatcher, never computed
+
+        _on_caller_leave(lambda: give_up(ClientGoneError("the client left: its work was stopped")))
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         except asyncio.TimeoutError as exc:
-            cancel.set()  # running: generation stops at its next token
-            for future in futures:
-                future.cancel()  # still queued: skipped by the dispatcher, never computed
+            give_up(InferenceTimeoutError("timed out"))
             raise InferenceTimeoutError(f"no answer within responseTimeout ({self.timeout_s:g}s)") from exc
+        except asyncio.CancelledError:  # the caller's task was cancelled (a gRPC client cancelled its call)
+            give_up(ClientGoneError("the call was cancelled"))
+            raise
 
     async def _take_worker(self) -> None:
         if self._free is None:  # created on the serving loop, at first use
@@ -180,6 +208,17 @@ class InferenceQueue:
             await self._run_batch(batch, threads)
             if alone:
                 self.lone_threads.record(threads, (time.perf_counter() - started) / len(batch))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a failure outside the handler's own errors: nobody waits for the timeout
+            ids = ", ".join(sorted({job.request_id for job in batch}))
+            logger.error("a batch of %d failed unexpectedly (%s: %s); answering 500 to request ids %s",
+                         len(batch), type(exc).__name__, exc, ids, exc_info=exc)
+            failure = InferenceError(f"inference failed unexpectedly ({type(exc).__name__})")
+            for job in batch:
+                _settle(job.future, exc=failure)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
         finally:
             self._give_back_worker()
 
@@ -222,9 +261,9 @@ class InferenceQueue:
         except RuntimeError:  # the loop has closed (an abandoned explanation finished after shutdown)
             pass
 
-    async def _tracked(self, work: Awaitable[T]) -> T:
-        """Await work on a thread, counted as running for `wedged` meanwhile."""
-        token = object()
+    async def _tracked(self, work: Awaitable[T], token: object | None = None) -> T:
+        """Await work on a thread, counted as running for `wedged` meanwhile (progress under `token`)."""
+        token = object() if token is None else token
         self._busy_since[token] = time.monotonic()
         try:
             return await work
@@ -234,9 +273,10 @@ class InferenceQueue:
     # ---- explanations and streams --------------------------------------------------------------
     async def explain(self, instances: Sequence[Instance],
                       timing: metrics.RequestTiming | None = None) -> list[Any]:
-        """Explanations, one at a time on the wide thread, under the same timeout."""
+        """Explanations, one at a time on the wide thread, under the same bound and timeout."""
         self._admit(len(instances))
         enqueued_at = time.perf_counter()
+        self._explaining += len(instances)
         cancel = threading.Event()
         cancellable = [_with_cancel(i, cancel) for i in instances]
 
@@ -245,41 +285,99 @@ class InferenceQueue:
                 timing.dequeued(enqueued_at)
             return [self.handler.explain(i) for i in cancellable]
 
+        work = asyncio.ensure_future(self._on_wide_thread(explain_all))
+        work.add_done_callback(_retrieve)  # its failure after a timeout is nobody's answer
+        _on_caller_leave(lambda: (cancel.set(), work.cancel()))
         try:
-            return await asyncio.wait_for(self._on_wide_thread(explain_all), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(work), self.timeout_s)
         except asyncio.TimeoutError as exc:
             cancel.set()  # stops the running explanation at its next forward pass
+            work.cancel()  # and one still queued for the wide thread never starts
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
+        except asyncio.CancelledError:
+            gone = cancel.is_set()  # set by the caller leaving, not by a cancelled task (gRPC cancel)
+            cancel.set()
+            work.cancel()
+            if gone:
+                raise ClientGoneError("the client left: its explanation was stopped") from None
+            raise
+        finally:
+            self._explaining -= len(instances)
 
-    async def stream(self, instance: Instance,
-                     timing: metrics.RequestTiming | None = None) -> AsyncIterator[str | StreamEnd]:
-        """Generated text chunks as the model thread produces them, then the StreamEnd."""
+    async def open_stream(self, instance: Instance,
+                          timing: metrics.RequestTiming | None = None) -> AsyncIterator[str | StreamEnd]:
+        """Admit a stream and wait (up to responseTimeout) for its first chunk; then iterate them all.
+
+        Overload, timeout and bad input are raised here, before the caller sends a status line.
+        """
         self._admit(1)
-        enqueued_at = time.perf_counter()
+        chunks = self._stream(instance, timing)
+        self._waiting_streams += 1  # the first chunk comes once the stream holds a model worker
+        try:
+            first = await asyncio.wait_for(chunks.__anext__(), self.timeout_s)
+        except StopAsyncIteration:
+            first = ""
+        except asyncio.TimeoutError as exc:
+            raise InferenceTimeoutError(f"no model worker within responseTimeout ({self.timeout_s:g}s)") from exc
+        finally:
+            self._waiting_streams -= 1
+
+        async def all_chunks() -> AsyncIterator[str | StreamEnd]:
+            try:
+                yield first
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await chunks.aclose()
+
+        return all_chunks()
+
+    async def _stream(self, instance: Instance,
+                      timing: metrics.RequestTiming | None = None) -> AsyncIterator[str | StreamEnd]:
+        """Generated text chunks as the model thread produces them, then the StreamEnd.
+
+        The stream ends (as if at its token budget) after limits.max_stream_seconds, and stops at the
+        next token when its client leaves.
+        """
         loop = asyncio.get_running_loop()
+        enqueued_at = time.perf_counter()
         chunks: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         instance = _with_cancel(instance, cancel)
+        progress = object()  # this stream's entry in _busy_since: refreshed by every chunk
 
         def produce() -> None:
             try:
                 for chunk in self.handler.stream(instance):
+                    self._busy_since[progress] = time.monotonic()
                     loop.call_soon_threadsafe(chunks.put_nowait, chunk)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(chunks.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(chunks.put_nowait, _END)
 
+        def end_stream() -> None:
+            if not cancel.is_set():
+                logger.info("stream ended at limits.max_stream_seconds (%gs)", self.stream_timeout_s)
+                cancel.set()
+
+        holding = False
+
         async def on_a_worker() -> None:
+            nonlocal holding
             await self._take_worker()  # a stream holds a model worker as a batch does
+            holding = True
             if timing is not None:
                 timing.dequeued(enqueued_at)
+            deadline = loop.call_later(self.stream_timeout_s, end_stream)
             try:
-                await self._on_model_thread(produce)
+                await self._tracked(loop.run_in_executor(self._model_threads, produce), progress)
             finally:
+                deadline.cancel()
                 self._give_back_worker()
 
         producer = asyncio.ensure_future(on_a_worker())
+        _on_caller_leave(cancel.set)
         try:
             while (item := await chunks.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -288,12 +386,29 @@ class InferenceQueue:
         finally:
             if not producer.done():
                 cancel.set()  # the client left (or the stream failed): stop generating at the next token
-            await asyncio.shield(producer)
+                if not holding:
+                    producer.cancel()  # still waiting for a worker: it never starts
+            try:
+                await asyncio.shield(producer)
+            except asyncio.CancelledError:
+                if not producer.cancelled():
+                    raise
 
     def shutdown(self) -> None:
         """Stop the worker threads once the queue is empty."""
         self._model_threads.shutdown(wait=False, cancel_futures=False)
         self._wide_thread.shutdown(wait=False, cancel_futures=False)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _on_caller_leave(callback: Callable[[], None]) -> None:
+    caller = current_caller.get()
+    if caller is not None:
+        caller.on_leave(callback)
 
 
 def _with_cancel(instance: Instance, cancel: threading.Event) -> Instance:

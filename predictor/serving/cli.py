@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from predictor.artifacts import ArchiveLimits
+
 logger = logging.getLogger(__name__)
 
 SUBCOMMANDS = ("serve", "demo", "demo-model", "import-mar", "bench")
@@ -78,6 +80,14 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="model-config.yaml to use instead of the one in the model directory")
     parser.add_argument("--model_version", default=None,
                         help="served version (default: the .mar's, then modelVersion in the config, then 1.0)")
+    # A .mar is unpacked before its model-config.yaml can be read, so its limits are flags.
+    parser.add_argument("--mar_max_bytes", type=_positive_int, default=ArchiveLimits.max_bytes,
+                        help="a .mar may unpack to at most this many bytes (default: %(default)s)")
+    parser.add_argument("--mar_max_entries", type=_positive_int, default=ArchiveLimits.max_entries,
+                        help="a .mar may hold at most this many files (default: %(default)s)")
+    parser.add_argument("--mar_max_ratio", type=_positive_int, default=ArchiveLimits.max_ratio,
+                        help="a .mar member over 1 MiB may expand at most this many times "
+                             "(default: %(default)s)")
     parser.add_argument("--load_retry_seconds", type=float, default=60.0,
                         help="keep retrying a failing model load this long, then exit 1 (default: %(default)s)")
     parser.add_argument("--grace_period", type=int, default=25,
@@ -245,7 +255,8 @@ def serve(args: argparse.Namespace) -> int:
     config_path = Path(args.model_config) if args.model_config else None
     cache_dir = Path(os.environ.get("PREDICTOR_CACHE_DIR", "/tmp/predictor-cache"))
     try:  # a broken config is not transient: fail now, with the key and value named
-        source = artifacts.resolve_model_source(model_dir, config_path, cache_dir)
+        archive_limits = artifacts.ArchiveLimits(args.mar_max_bytes, args.mar_max_entries, args.mar_max_ratio)
+        source = artifacts.resolve_model_source(model_dir, config_path, cache_dir, archive_limits)
         config = artifacts.load_source_config(source)
     except ConfigError as exc:
         logger.error("cannot serve %s: %s", model_dir, exc)
@@ -261,7 +272,8 @@ def serve(args: argparse.Namespace) -> int:
                         threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
                         compiled=config.compile.enable)
     configure_threads(plan)
-    handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir)
+    handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir,
+                                 archive_limits=archive_limits)
     if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
         from predictor.serving.faults import fault_hook
 

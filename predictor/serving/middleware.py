@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -12,6 +14,7 @@ from typing import Any
 
 from predictor.errors import PayloadTooLargeError
 from predictor.serving import metrics
+from predictor.serving.callers import Caller, current_caller
 
 REQUEST_ID_HEADER = b"x-request-id"
 RETRY_AFTER_S = "1"
@@ -48,11 +51,12 @@ def _route_label(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Honours or creates X-Request-Id, returns it, caps the body size, counts requests.
+    """Honours or creates X-Request-Id, returns it, caps the body size, counts requests, notices leavers.
 
     Every 503 says when to retry (kserve's own ModelNotReady answers do not), and while the server
     drains every answer closes its connection, so keep-alive clients reconnect to another replica
-    instead of sending into a socket that is about to close.
+    instead of sending into a socket that is about to close. Once the body is read, the connection is
+    watched: a client that disconnects leaves its Caller, which stops its queued or running work.
     """
 
     def __init__(self, app: Any, max_body_bytes: Callable[[], int],
@@ -68,6 +72,9 @@ class RequestContextMiddleware:
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")[:128] or new_request_id()
         token = request_id_var.set(request_id)
+        caller = Caller()
+        caller_token = current_caller.set(caller)
+        watcher: list[asyncio.Task[None]] = []
         limit = self.max_body_bytes()
         started = time.perf_counter()
         status_holder = {"status": 500}
@@ -85,9 +92,13 @@ class RequestContextMiddleware:
                     status_holder["status"] = 413
                     return
                 receive = self._replay(buffered, receive)
+            receive = self._watched(receive, caller, watcher)
             await self.app(scope, self._limited(receive, limit), self._tagged(send, request_id, status_holder,
                                                                              self.draining))
         finally:
+            for task in watcher:
+                task.cancel()
+            current_caller.reset(caller_token)
             route = _route_label(scope)
             metrics.REQUESTS.labels(route=route, status=str(status_holder["status"])).inc()
             metrics.LATENCY.labels(route=route).observe(time.perf_counter() - started)
@@ -121,6 +132,38 @@ class RequestContextMiddleware:
             return await receive()  # http.disconnect, when the client goes
 
         return replayed
+
+    @staticmethod
+    def _watched(receive: Receive, caller: Caller, watcher: list[asyncio.Task[None]]) -> Receive:
+        """receive, and once the body is complete a task that waits for http.disconnect.
+
+        The app's own later receive() calls (a streaming response listening for the disconnect) wait
+        for that task rather than competing with it for the message.
+        """
+        left = asyncio.Event()
+
+        def leave() -> None:
+            left.set()
+            caller.leave()
+
+        async def watch() -> None:
+            with contextlib.suppress(Exception):  # the connection's end, however it comes, is a departure
+                while (await receive()).get("type") != "http.disconnect":
+                    pass
+            leave()
+
+        async def wrapped() -> Any:
+            if watcher:
+                await left.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                leave()
+            elif not message.get("more_body", False):
+                watcher.append(asyncio.get_running_loop().create_task(watch()))
+            return message
+
+        return wrapped
 
     @staticmethod
     def _limited(receive: Receive, limit: int) -> Receive:

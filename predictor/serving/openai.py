@@ -260,22 +260,6 @@ async def continuation(chunks: AsyncIterator[str | StreamEnd], stops: tuple[str,
         outcome.finish = "stop"
 
 
-async def started(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The stream with its first item already taken, so admission errors (overload, shutting down)
-    are answered with their status rather than inside a 200 event stream."""
-    first = await stream.__anext__()
-
-    async def chained() -> AsyncIterator[Any]:
-        try:
-            yield first
-            async for item in stream:
-                yield item
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-
-    return chained()
-
-
 class OpenAIRoutes:
     """The OpenAI routes over the served models."""
 
@@ -322,7 +306,7 @@ class OpenAIRoutes:
             instances = [self.instance(model, prompt, request, COMPLETION_MAX_TOKENS) for _ in range(request.n)]
             cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
             if request.stream:
-                chunks = await started(queue.stream(instances[0]))
+                chunks = await queue.open_stream(instances[0])  # overload and timeouts answered before the 200
                 return StreamingResponse(self._events(chunks, cid, created, request), media_type="text/event-stream")
             results = await queue.predict(instances)
         except PredictorError as exc:

@@ -24,7 +24,6 @@ from predictor.serving.openai import (
     finish_reason,
     parse_request,
     sse,
-    started,
     unsupported,
     usage,
 )
@@ -105,7 +104,7 @@ class ChatRoutes(OpenAIRoutes):
             instances = [instance] * request.n
             cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             if request.stream:
-                chunks = await started(queue.stream(instances[0]))
+                chunks = await queue.open_stream(instances[0])  # overload and timeouts answered before the 200
                 return StreamingResponse(self._chat_events(chunks, cid, created, request),
                                          media_type="text/event-stream")
             results = await queue.predict(instances)

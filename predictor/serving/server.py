@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserve depends on timing-asgi)
 
 from predictor.config import Limits
-from predictor.errors import ConfigError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.errors import ClientGoneError, ConfigError, ModelNotReadyError, OverloadedError, PredictorError
 from predictor.serving.auth import Keys, TokenAuthInterceptor, TokenAuthMiddleware
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
@@ -103,7 +103,7 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 async def predictor_error_handler(_: Request, exc: Exception) -> JSONResponse:
     """KServe routes: our errors that kserve has no exception for (413, 503 overload, 504, 507...)."""
     status = getattr(exc, "status", HTTPStatus.INTERNAL_SERVER_ERROR)
-    if status >= 500 and status != HTTPStatus.SERVICE_UNAVAILABLE:
+    if status >= 500 and status != HTTPStatus.SERVICE_UNAVAILABLE and not isinstance(exc, ClientGoneError):
         logger.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
     else:
         logger.info("%s: %s", type(exc).__name__, exc)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from predictor.config import TaskName
 from predictor.errors import (
+    ClientGoneError,
     ExplanationUnavailableError,
     InferenceError,
     InferenceTimeoutError,
@@ -54,7 +55,8 @@ _TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str, grpc.Statu
      grpc.StatusCode.DEADLINE_EXCEEDED),
     (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException",
      grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InferenceError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
+    # TorchServe answers 503 here, which tells clients to retry an input that fails again.
+    (InferenceError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException", grpc.StatusCode.INTERNAL),
 ]
 
 
@@ -65,7 +67,7 @@ def torchserve_error_kind(exc: PredictorError) -> tuple[HTTPStatus, str, grpc.St
         if isinstance(exc, cls):
             status, kind, code = cls_status, cls_kind, cls_code
             break
-    if status >= 500:
+    if status >= 500 and not isinstance(exc, ClientGoneError):  # nobody reads the answer to a client that left
         logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
     else:
         logger.info("%s: %s", kind, exc)
@@ -205,18 +207,14 @@ class TorchServeRoutes:
     async def open_stream(model: TransformersModel, instance: Any,
                           timing: metrics.RequestTiming) -> AsyncIterator[bytes]:
         """The generated text as UTF-8 chunks; the first is awaited here, so errors raise before any is sent."""
-        chunks = model.live_queue.stream(instance, timing)
         try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            first = ""
+            chunks = await model.live_queue.open_stream(instance, timing)
         except BaseException:
             timing.finish()
             raise
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                yield str(first).encode("utf-8")
                 async for chunk in chunks:
                     if isinstance(chunk, str):  # the closing StreamEnd carries no text
                         yield chunk.encode("utf-8")

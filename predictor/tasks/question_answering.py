@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from predictor.config import TaskName
-from predictor.errors import InvalidRequestError
+from predictor.errors import InvalidRequestError, PayloadTooLargeError
 from predictor.tasks.targets import parse_span_target
 from predictor.tasks.base import (
     Encoded,
@@ -79,6 +79,11 @@ class QuestionAnsweringTask(TaskBase):
             instance.text, instance.context, truncation="only_second", max_length=self.handler.max_length,
             stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
         )
+        limit = self.config.limits.max_qa_windows
+        if len(enc["input_ids"]) > limit:
+            raise PayloadTooLargeError(f"the context needs {len(enc['input_ids'])} windows of handler.max_length "
+                                       f"{self.handler.max_length} tokens; the limit is {limit} "
+                                       "(limits.max_qa_windows)")
         rows, windows = [], []
         for row in range(len(enc["input_ids"])):
             rows.append({k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc})
@@ -92,21 +97,53 @@ class QuestionAnsweringTask(TaskBase):
             out = self.model(self.pad([row for e in batch for row in e.rows]))
         return out[0].float().cpu(), out[1].float().cpu()
 
+    def window_spans(self, batch: Sequence[Encoded]) -> list[list[tuple[float, int, int]]]:
+        """Best (probability, start token, end token) of every window of every item.
+
+        Windows run in forward passes of at most batchSize x max_length tokens: a long context is
+        many ordinary passes, never one giant one. Windows of a cancelled request are skipped
+        (probability -1).
+        """
+        rows = [(n, w) for n, enc in enumerate(batch) for w in range(len(enc.rows))]
+        budget = max(1, self.config.batch_size) * self.handler.max_length
+        spans = [[(-1.0, 0, 0)] * len(enc.rows) for enc in batch]
+        first = 0
+        while first < len(rows):
+            last, longest = first, 0
+            while last < len(rows):
+                n, w = rows[last]
+                length = max(longest, len(batch[n].rows[w]["input_ids"]))
+                if last > first and length * (last - first + 1) > budget:
+                    break
+                longest, last = length, last + 1
+            live = [(n, w) for n, w in rows[first:last] if not batch[n].instance.cancelled]
+            first = last
+            if not live:
+                continue
+            with torch.inference_mode():
+                out = self.model(self.pad([batch[n].rows[w] for n, w in live]))
+            start, end = out[0].float().cpu(), out[1].float().cpu()
+            for k, (n, w) in enumerate(live):
+                offsets, context_mask = batch[n].meta["windows"][w]
+                size = len(offsets)
+                s, e, score = best_span(start[k, :size], end[k, :size], torch.tensor(context_mask),
+                                        self.handler.max_answer_length)
+                spans[n][w] = (score, s, e)
+        return spans
+
+    @staticmethod
+    def best_window(spans: Sequence[tuple[float, int, int]]) -> int:
+        """The window whose span is served: the most probable (the first of equals)."""
+        return max(range(len(spans)), key=lambda w: (spans[w][0], -w))
+
     def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
         """Best span per item over its windows."""
-        start, end = self.logits(batch)
         results: list[Prediction] = []
-        w = 0
-        for enc in batch:
-            best = (-1.0, 0, 0)
-            for offsets, context_mask in enc.meta["windows"]:
-                n = len(offsets)
-                mask = torch.tensor(context_mask)
-                s, e, score = best_span(start[w, :n], end[w, :n], mask, self.handler.max_answer_length)
-                if score > best[0]:
-                    best = (score, offsets[s][0], offsets[e][1])
-                w += 1
-            score, char_start, char_end = best
+        for enc, spans in zip(batch, self.window_spans(batch), strict=True):
+            w = self.best_window(spans)
+            score, s, e = spans[w]
+            offsets = enc.meta["windows"][w][0]
+            char_start, char_end = offsets[s][0], offsets[e][1]
             answer = enc.instance.context[char_start:char_end]  # type: ignore[index]
             if enc.instance.details:
                 results.append({"answer": answer, "score": score, "start": char_start, "end": char_end,

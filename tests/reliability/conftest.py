@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from models import build_needle_qa
 from reliability_requests import clear_labels, sample_texts
 from reliability_servers import (
     GEN_QUEUE_SIZE,
     GEN_TOKEN_CAP,
+    NEEDLE,
     SMALL_LIMITS,
+    STREAM_LIMIT_S,
     ServerProcess,
     build_seq,
     build_slow_gpt2,
@@ -30,7 +33,7 @@ from predictor.handler import GeneralizedHandler
 class ServerSpec:
     """One server of the session: which model, its model-config.yaml changes, environment and flags."""
 
-    model: str  # "seq" or "slow-gen"
+    model: str  # "seq", "slow-gen" or "needle-qa"
     config: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
@@ -50,8 +53,15 @@ SERVERS: dict[str, ServerSpec] = {
     "gen_queue_server": ServerSpec("slow-gen", config={"jobQueueSize": GEN_QUEUE_SIZE, "batchSize": 2,
                                                        "handler": {"max_new_tokens_limit": GEN_TOKEN_CAP}},
                                    args=ONE_WORKER),
-    "gen_timeout_server": ServerSpec("slow-gen", config={"responseTimeout": 1},
+    "gen_timeout_server": ServerSpec("slow-gen", config={"responseTimeout": 1,
+                                                         "limits": {"max_stream_seconds": STREAM_LIMIT_S}},
                                      args=ONE_WORKER),
+    "gen_server": ServerSpec("slow-gen", args=ONE_WORKER),
+    # The mixed load test: generation (streams, OpenAI, explanations) and long QA contexts side by side.
+    "gen_load_server": ServerSpec("slow-gen", config={"handler": {"max_new_tokens_limit": 256}}),
+    "qa_load_server": ServerSpec("needle-qa", config={"batchSize": 4, "limits": {"max_qa_windows": 16}}),
+    "crash_once_server": ServerSpec("seq", config={"responseTimeout": 60},
+                                    env={"PREDICTOR_FAULT_INJECTION": "crash-once"}),
     "oom_once_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-once"}),
     "oom_always_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-always"}),
     # Exiting takes 1.5 s idle and up to 6 s on a busy machine after the drain (interpreter teardown).
@@ -67,7 +77,8 @@ def reliability_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class BaseModels:
-    """The models the servers copy, each built on first use: "seq" (classifier) and "slow-gen" (GPT-2)."""
+    """The models the servers copy, each built on first use: "seq" (classifier), "slow-gen" (GPT-2) and
+    "needle-qa" (a QA model that answers its needle word wherever it is)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -77,6 +88,8 @@ class BaseModels:
         if name not in self.built:
             if name == "seq":
                 self.built[name] = build_seq(self.root / name, sample_texts(200, seed=0))
+            elif name == "needle-qa":
+                self.built[name] = build_needle_qa(self.root / name, NEEDLE, max_length=64, doc_stride=16)
             else:
                 self.built[name] = build_slow_gpt2(self.root / name)
         return self.built[name]

@@ -34,6 +34,8 @@ HEALTH_PATHS = ("/ping", "/v2/health/ready", "/v1/models/{name}", "/v2/models/{n
 SMALL_LIMITS = {"max_body_bytes": 2048, "max_instances": 4, "max_text_chars": 300}  # seq_limits_server
 GEN_QUEUE_SIZE = 4  # jobQueueSize of gen_queue_server
 GEN_TOKEN_CAP = 600  # handler.max_new_tokens_limit of gen_queue_server
+STREAM_LIMIT_S = 2  # limits.max_stream_seconds of gen_timeout_server
+NEEDLE = "zebra"  # the word qa_load_server's model answers, wherever it is in the context
 
 
 # ---- models -------------------------------------------------------------------------------------------
