@@ -129,7 +129,8 @@ class InferenceQueue:
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
         request_id = request_id_var.get()
-        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), request_id) for instance in instances]
+        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), request_id)
+                for instance in instances]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -204,7 +205,7 @@ class InferenceQueue:
                 self.lone_threads.record(threads, (time.perf_counter() - started) / len(batch))
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # a failure outside the handler's own errors: nobody waits for the timeout
+        except BaseException as exc:  # not one of the handler's errors: still, nobody waits for the timeout
             ids = ", ".join(sorted({job.request_id for job in batch}))
             logger.error("a batch of %d failed unexpectedly (%s: %s); answering 500 to request ids %s",
                          len(batch), type(exc).__name__, exc, ids, exc_info=exc)
@@ -307,7 +308,8 @@ class InferenceQueue:
         except StopAsyncIteration:
             first = ""
         except asyncio.TimeoutError as exc:
-            raise InferenceTimeoutError(f"no model worker within responseTimeout ({self.timeout_s:g}s)") from exc
+            raise InferenceTimeoutError(f"no model worker within responseTimeout ({self.timeout_s:g}s)") \
+                from exc
         finally:
             self._waiting_streams -= 1
 

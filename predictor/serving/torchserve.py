@@ -63,7 +63,7 @@ def torchserve_error(exc: PredictorError) -> JSONResponse:
             if isinstance(exc, cls):
                 status, kind = cls_status, cls_kind
                 break
-    if status >= 500 and not isinstance(exc, ClientGoneError):  # nobody reads the answer to a client that left
+    if status >= 500 and not isinstance(exc, ClientGoneError):  # a client that left is not a failure
         logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
     else:
         logger.info("%s: %s", kind, exc)
