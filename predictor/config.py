@@ -262,7 +262,7 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024
     max_instances: int = 64
     max_text_chars: int = 200_000
-    max_stream_seconds: float = 600.0  # a stream's own deadline: it ends there (responseTimeout bounds its start)
+    max_stream_seconds: float = 600.0  # a stream ends here (responseTimeout bounds only its start)
     max_qa_windows: int = 64  # context windows one question-answering input may need
 
     @classmethod
@@ -308,11 +308,13 @@ class ModelConfig:
     def from_yaml(cls, raw: Any) -> ModelConfig:
         """Validate a parsed model-config.yaml document."""
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"model-config.yaml: expected a mapping at the top level, got {type(raw).__name__}")
+            raise ConfigError("model-config.yaml: expected a mapping at the top level, "
+                              f"got {type(raw).__name__}")
         _warn_unknown("model-config.yaml", raw, _TOP_KEYS | _TORCHSERVE_ONLY)
         handler_raw = raw.get("handler")
         if not isinstance(handler_raw, Mapping):
-            raise ConfigError(f"handler: expected a mapping with at least `mode`, got {type(handler_raw).__name__}")
+            raise ConfigError("handler: expected a mapping with at least `mode`, "
+                              f"got {type(handler_raw).__name__}")
         limits_raw = raw.get("limits") or {}
         if not isinstance(limits_raw, Mapping):
             raise ConfigError(f"limits: expected a mapping, got {type(limits_raw).__name__}")

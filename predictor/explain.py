@@ -169,7 +169,8 @@ class Explainer:
                                                                        already_has_special_tokens=True)])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         baseline = torch.where(special.bool(), ids, torch.full_like(ids, pad))
-        out = {"input_ids": ids, "attention_mask": torch.tensor([row["attention_mask"]]), "baseline": baseline}
+        mask = torch.tensor([row["attention_mask"]])
+        out = {"input_ids": ids, "attention_mask": mask, "baseline": baseline}
         if "token_type_ids" in row:
             out["token_type_ids"] = torch.tensor([row["token_type_ids"]])
         return {k: v.to(self.device) for k, v in out.items()}
@@ -229,7 +230,8 @@ def explain_token_classification(task: Any, instance: Instance) -> Explanation:
         targets = [(i, lab) for i, lab in enumerate(predicted) if i not in special and task.label(lab) != "O"]
         targets = targets or [(i, predicted[i]) for i in range(length) if i not in special][:1]
         if not targets:
-            raise InvalidRequestError("the text has no tokens to explain: it tokenises to special tokens only")
+            raise InvalidRequestError("the text has no tokens to explain: "
+                                      "it tokenises to special tokens only")
     n_steps = ex.steps(instance, len(targets))
 
     def select(outputs: Any) -> torch.Tensor:
@@ -254,7 +256,8 @@ def explain_question_answering(task: Any, instance: Instance) -> Explanation:
     """
     ex = explainer_for(task)
     [encoded] = task.encode([instance])
-    spans = task.window_spans([encoded])[0] if len(encoded.rows) > 1 or instance.target is None else [(0.0, 0, 0)]
+    alone = len(encoded.rows) == 1 and instance.target is not None  # nothing to choose: no forward pass
+    spans = [(0.0, 0, 0)] if alone else task.window_spans([encoded])[0]
     window = task.best_window(spans)
     enc = ex.encode_row(encoded.rows[window])
     length = enc["input_ids"].shape[1]
@@ -317,5 +320,5 @@ def _check_fits_context(task: Any, prompt: str, target_tokens: int) -> None:
     context = task.context_size
     prompt_tokens = len(task.tokenizer(prompt)["input_ids"])
     if context is not None and prompt_tokens + target_tokens > context:
-        raise InvalidRequestError(f"explanation target ({target_tokens} tokens) after the prompt ({prompt_tokens} "
-                                  f"tokens) runs past the model's context of {context} tokens")
+        raise InvalidRequestError(f"explanation target ({target_tokens} tokens) after the prompt "
+                                  f"({prompt_tokens} tokens) runs past the model's context of {context} tokens")

@@ -62,7 +62,8 @@ class GeneralizedHandler:
     """One model per process, configured by model-config.yaml: TorchServe's generalized handler, fixed."""
 
     def __init__(self, model_dir: Path, *, config_path: Path | None = None, version: str | None = None,
-                 cache_dir: Path | None = None, archive_limits: artifacts.ArchiveLimits | None = None) -> None:
+                 cache_dir: Path | None = None,
+                 archive_limits: artifacts.ArchiveLimits | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.archive_limits = archive_limits
         self.config_path = config_path
@@ -78,7 +79,8 @@ class GeneralizedHandler:
     def load(self) -> None:
         """Load config, tokenizer and model, then warm up; raises ConfigError on any problem."""
         started = time.perf_counter()
-        source = artifacts.resolve_model_source(self.model_dir, self.config_path, self.cache_dir, self.archive_limits)
+        source = artifacts.resolve_model_source(self.model_dir, self.config_path, self.cache_dir,
+                                                self.archive_limits)
         config = artifacts.load_source_config(source)
         handler = config.handler
         plan = detect_device(handler.device, handler.dtype, handler.model_parallel)

@@ -34,4 +34,5 @@ class Caller:
             callback()
 
 
-current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("predictor_caller", default=None)
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("predictor_caller",
+                                                                             default=None)

@@ -272,8 +272,8 @@ def serve(args: argparse.Namespace) -> int:
                         threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
                         compiled=config.compile.enable)
     configure_threads(plan)
-    handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version, cache_dir=cache_dir,
-                                 archive_limits=archive_limits)
+    handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version,
+                                 cache_dir=cache_dir, archive_limits=archive_limits)
     if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
         from predictor.serving.faults import fault_hook
 

@@ -67,7 +67,7 @@ def torchserve_error_kind(exc: PredictorError) -> tuple[HTTPStatus, str, grpc.St
         if isinstance(exc, cls):
             status, kind, code = cls_status, cls_kind, cls_code
             break
-    if status >= 500 and not isinstance(exc, ClientGoneError):  # nobody reads the answer to a client that left
+    if status >= 500 and not isinstance(exc, ClientGoneError):  # a client that left is not a failure
         logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
     else:
         logger.info("%s: %s", kind, exc)

@@ -81,9 +81,9 @@ class QuestionAnsweringTask(TaskBase):
         )
         limit = self.config.limits.max_qa_windows
         if len(enc["input_ids"]) > limit:
-            raise PayloadTooLargeError(f"the context needs {len(enc['input_ids'])} windows of handler.max_length "
-                                       f"{self.handler.max_length} tokens; the limit is {limit} "
-                                       "(limits.max_qa_windows)")
+            raise PayloadTooLargeError(f"the context needs {len(enc['input_ids'])} windows of "
+                                       f"handler.max_length {self.handler.max_length} tokens; the limit is "
+                                       f"{limit} (limits.max_qa_windows)")
         rows, windows = [], []
         for row in range(len(enc["input_ids"])):
             rows.append({k: enc[k][row] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc})
