@@ -1,15 +1,10 @@
-"""The errors the core raises on purpose; each carries the HTTP status it maps to."""
+"""The errors the core raises on purpose; predictor/serving/error_table.py answers each on every protocol."""
 
 from __future__ import annotations
-
-from http import HTTPStatus
-from typing import ClassVar
 
 
 class PredictorError(Exception):
     """Base of every error the core raises on purpose."""
-
-    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
 
 
 class ConfigError(PredictorError):
@@ -19,43 +14,33 @@ class ConfigError(PredictorError):
 class InvalidRequestError(PredictorError):
     """The request body is malformed or asks for something the model cannot do."""
 
-    status = HTTPStatus.BAD_REQUEST
-
 
 class PayloadTooLargeError(InvalidRequestError):
     """The request exceeds a configured size limit."""
-
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class ExplanationUnavailableError(PredictorError):
     """Explanations cannot be computed for this model (captum missing, no embedding layer...)."""
 
-    status = HTTPStatus.NOT_IMPLEMENTED
-
 
 class ModelNotFoundError(PredictorError):
     """No model (or model version) of that name is served here."""
 
-    status = HTTPStatus.NOT_FOUND
+
+class ModelVersionNotFoundError(ModelNotFoundError):
+    """The model is served, but not in the requested version."""
 
 
 class ModelNotReadyError(PredictorError):
     """The model is still loading, failed to load, or is shutting down."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-
 
 class OverloadedError(PredictorError):
     """The inference queue is full; the client should retry later."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-
 
 class InferenceTimeoutError(PredictorError):
     """The request did not finish within responseTimeout."""
-
-    status = HTTPStatus.GATEWAY_TIMEOUT
 
 
 class RequestCancelledError(InferenceTimeoutError):
@@ -72,5 +57,3 @@ class InferenceError(PredictorError):
 
 class OutOfResourcesError(InferenceError):
     """Out of memory even after splitting the batch."""
-
-    status = HTTPStatus.INSUFFICIENT_STORAGE

@@ -15,15 +15,9 @@ from kserve import errors as kserve_errors_module
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from predictor.config import TaskName
-from predictor.errors import (
-    ExplanationUnavailableError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    PayloadTooLargeError,
-)
+from predictor.errors import ModelNotReadyError, PredictorError
 from predictor.handler import GeneralizedHandler
-from predictor.serving import metrics, payloads
+from predictor.serving import error_table, metrics, payloads
 from predictor.serving.batcher import InferenceQueue
 from predictor.serving.cpu import WorkerPlan, available_cores, plan_workers, set_torch_threads
 from predictor.tasks import Instance
@@ -33,27 +27,15 @@ logger = logging.getLogger(__name__)
 
 @contextmanager
 def kserve_errors(model_name: str) -> Iterator[None]:
-    """Core errors -> the kserve exceptions kserve's REST and gRPC layers know.
-
-    | core error                  | kserve                      | REST | gRPC             |
-    | InvalidRequestError (400)   | InvalidInput                | 400  | INVALID_ARGUMENT |
-    | ModelNotReadyError          | ModelNotReady               | 503  | UNAVAILABLE      |
-    | ModelNotFoundError          | ModelNotFound               | 404  | NOT_FOUND        |
-    | ExplanationUnavailableError | NotImplementedError         | 501  | UNIMPLEMENTED    |
-    | any other PredictorError    | itself (413, 503 overload, 504, 500, 507 by app handler) | INTERNAL |
-    """
+    """Core errors -> the kserve exceptions error_table names for them, which kserve's REST handlers and
+    the gRPC interceptor answer; the others pass on as they are (server.predictor_error_handler)."""
     try:
         yield
-    except PayloadTooLargeError:
-        raise
-    except InvalidRequestError as exc:
-        raise kserve_errors_module.InvalidInput(str(exc)) from exc
-    except ModelNotReadyError as exc:
-        raise kserve_errors_module.ModelNotReady(model_name, str(exc)) from exc
-    except ModelNotFoundError as exc:
-        raise kserve_errors_module.ModelNotFound(model_name) from exc
-    except ExplanationUnavailableError as exc:
-        raise NotImplementedError(str(exc)) from exc
+    except PredictorError as exc:
+        translated = error_table.as_kserve_exception(exc, model_name)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 def freeze_loaded_objects() -> int:

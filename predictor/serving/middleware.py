@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from predictor.errors import PayloadTooLargeError
-from predictor.serving import metrics
+from predictor.serving import error_table, metrics
 from predictor.serving.callers import Caller, current_caller
 
 REQUEST_ID_HEADER = b"x-request-id"
-RETRY_AFTER_S = "1"
 TORCHSERVE_PREFIXES = ("/predictions/", "/explanations/")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -81,15 +80,15 @@ class RequestContextMiddleware:
         declared = headers.get(b"content-length", b"")
         try:
             if declared.isdigit() and int(declared) > limit:
-                await self._too_large(send, request_id, int(declared), limit, scope.get("path", ""))
-                status_holder["status"] = 413
+                status_holder["status"] = await self._too_large(send, request_id, int(declared), limit,
+                                                                scope.get("path", ""))
                 return
             if not declared and b"chunked" in headers.get(b"transfer-encoding", b""):
                 # No declared size: read up to the limit here, so an endless body is cut off, not drained.
                 buffered = await self._buffer(receive, limit)
                 if buffered is None:
-                    await self._too_large(send, request_id, limit + 1, limit, scope.get("path", ""))
-                    status_holder["status"] = 413
+                    status_holder["status"] = await self._too_large(send, request_id, limit + 1, limit,
+                                                                    scope.get("path", ""))
                     return
                 receive = self._replay(buffered, receive)
             receive = self._watched(receive, caller, watcher)
@@ -189,7 +188,7 @@ class RequestContextMiddleware:
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 names = {h[0].lower() for h in headers}
                 if message["status"] == 503 and b"retry-after" not in names:
-                    headers.append((b"retry-after", RETRY_AFTER_S.encode()))
+                    headers.append((b"retry-after", error_table.RETRY_AFTER_S.encode()))
                 if draining() and b"connection" not in names:
                     headers.append((b"connection", b"close"))
                 message["headers"] = headers
@@ -198,15 +197,19 @@ class RequestContextMiddleware:
         return wrapped
 
     @staticmethod
-    async def _too_large(send: Send, request_id: str, size: int, limit: int, path: str) -> None:
+    async def _too_large(send: Send, request_id: str, size: int, limit: int, path: str) -> int:
+        """Answers 413 (TorchServe's error shape on TorchServe's routes, KServe's elsewhere); returns it."""
         message = (f"request body of {size} bytes exceeds the limit of {limit} bytes" if size <= 2**62
                    else f"request body exceeds the limit of {limit} bytes")
-        if path.startswith(TORCHSERVE_PREFIXES):  # TorchServe's error shape on TorchServe's routes
-            document: dict[str, Any] = {"code": 413, "type": "RequestEntityTooLargeException", "message": message}
+        row = error_table.ERRORS[PayloadTooLargeError]
+        if path.startswith(TORCHSERVE_PREFIXES):
+            status = row.torchserve.status
+            document = error_table.torchserve_body(int(status), row.torchserve.type, message)
         else:
-            document = {"error": message}
+            status, document = row.kserve.status, error_table.kserve_body(message)
         body = json.dumps(document).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
+        await send({"type": "http.response.start", "status": int(status), "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (REQUEST_ID_HEADER, request_id.encode("latin-1")), (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+        return int(status)

@@ -4,7 +4,7 @@ kserve's servicer builds ModelMetadata from the REST metadata (whose tensors car
 field TensorMetadata lacks: INTERNAL), answers raw_input_contents with typed contents, ignores the
 requested version and output names, and its interceptor turns every error it does not know (overload,
 timeout, too large, out of memory) into INTERNAL. This servicer and interceptor replace both; the
-status of each error comes from GRPC_STATUS.
+status of each error comes from error_table.
 """
 
 from __future__ import annotations
@@ -27,44 +27,13 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.utils.utils import to_headers
 
 from predictor import errors
+from predictor.serving.error_table import oip_grpc_code
 from predictor.serving.oip import ModelTensors, grpc_response, parse_grpc
 
 logger = logging.getLogger(__name__)
 
-# Error class -> gRPC status: the most specific class in an exception's MRO wins. Retryable
-# conditions get the codes gRPC clients retry on (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED).
-GRPC_STATUS: dict[type[BaseException], grpc.StatusCode] = {
-    errors.InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.PayloadTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
-    errors.ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
-    errors.OverloadedError: grpc.StatusCode.UNAVAILABLE,
-    errors.InferenceTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.ExplanationUnavailableError: grpc.StatusCode.UNIMPLEMENTED,
-    errors.OutOfResourcesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.InferenceError: grpc.StatusCode.INTERNAL,
-    errors.PredictorError: grpc.StatusCode.INTERNAL,
-    # what kserve raises itself, or what kserve_model.kserve_errors translated core errors into
-    kserve_errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    kserve_errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    kserve_errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    kserve_errors.ServerNotReady: grpc.StatusCode.UNAVAILABLE,
-    kserve_errors.ServerNotLive: grpc.StatusCode.UNAVAILABLE,
-    kserve_errors.UnsupportedProtocol: grpc.StatusCode.INVALID_ARGUMENT,
-    NotImplementedError: grpc.StatusCode.UNIMPLEMENTED,
-}
-
-
-def grpc_status(exc: BaseException) -> grpc.StatusCode:
-    """The status of an error (INTERNAL for anything unexpected)."""
-    for cls in type(exc).__mro__:
-        if cls in GRPC_STATUS:
-            return GRPC_STATUS[cls]
-    return grpc.StatusCode.INTERNAL
-
-
 class StatusInterceptor(AsyncExceptionToStatusInterceptor):  # type: ignore[misc]
-    """Aborts each failed call with the status GRPC_STATUS gives its error, and the error's message."""
+    """Aborts each failed call with the status error_table gives its error, and the error's message."""
 
     async def handle_exception(self, ex: Exception, request_or_iterator: Any, context: Any,
                                method_name: str) -> None:
@@ -72,7 +41,7 @@ class StatusInterceptor(AsyncExceptionToStatusInterceptor):  # type: ignore[misc
         if isinstance(ex, GrpcException):
             await super().handle_exception(ex, request_or_iterator, context, method_name)
             return
-        status = grpc_status(ex)
+        status = oip_grpc_code(ex)
         if status is grpc.StatusCode.INTERNAL:
             logger.error("%s failed: %s", method_name, ex, exc_info=ex)
         else:

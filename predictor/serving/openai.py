@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from predictor.errors import InvalidRequestError, ModelNotFoundError, PredictorError
+from predictor.serving.error_table import openai_response
 from predictor.serving.kserve_model import TransformersModel
 from predictor.tasks import Instance, StreamEnd
 
@@ -163,19 +164,6 @@ def parse_request(model_cls: type[R], body: bytes) -> R:
     return request
 
 
-def error_response(exc: PredictorError) -> JSONResponse:
-    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
-    status = int(exc.status)
-    if isinstance(exc, ModelNotFoundError):
-        kind, code = "invalid_request_error", "model_not_found"
-    elif status < 500:
-        kind, code = "invalid_request_error", getattr(exc, "code", None)
-    else:
-        kind, code = "server_error", None
-    return JSONResponse({"error": {"message": str(exc), "type": kind, "param": getattr(exc, "param", None),
-                                   "code": code}}, status_code=status)
-
-
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """The text before the first stop sequence (OpenAI never returns it), and whether one was found."""
     found = [text.find(s) for s in stops if s in text]
@@ -310,7 +298,7 @@ class OpenAIRoutes:
                 return StreamingResponse(self._events(chunks, cid, created, request), media_type="text/event-stream")
             results = await queue.predict(instances)
         except PredictorError as exc:
-            return error_response(exc)
+            return openai_response(exc)
         choices = []
         for index, result in enumerate(results):
             text, hit = cut_at_stop(result["continuation"], request.stops())

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from predictor.errors import PredictorError
+from predictor.serving.error_table import openai_response
 from predictor.serving.openai import (
     GenerationRequest,
     OpenAIParameterError,
@@ -20,7 +21,6 @@ from predictor.serving.openai import (
     StreamOutcome,
     continuation,
     cut_at_stop,
-    error_response,
     finish_reason,
     parse_request,
     sse,
@@ -109,7 +109,7 @@ class ChatRoutes(OpenAIRoutes):
                                          media_type="text/event-stream")
             results = await queue.predict(instances)
         except PredictorError as exc:
-            return error_response(exc)
+            return openai_response(exc)
         choices = []
         for index, result in enumerate(results):
             text, hit = cut_at_stop(result["continuation"], request.stops())

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,10 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserve depends on timing-asgi)
 
 from predictor.config import Limits
-from predictor.errors import ClientGoneError, ConfigError, ModelNotReadyError, OverloadedError, PredictorError
+from predictor.errors import ClientGoneError, ConfigError, PredictorError
+from predictor.serving import error_table
 from predictor.serving.auth import Keys, TokenAuthInterceptor, TokenAuthMiddleware
 from predictor.serving.kserve_model import TransformersModel
-from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, RequestContextMiddleware
+from predictor.serving.middleware import TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.oip import EXTENSIONS
 from predictor.serving.oip_grpc import OipGrpcServer
 from predictor.serving.oip_rest import register_oip_routes
@@ -86,7 +86,8 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"msg": str(exc), "loc": ()}
     where = ".".join(str(part) for part in first.get("loc", ()))
     logger.info("invalid request body: %s at %s", first.get("msg"), where)
-    return JSONResponse({"error": f"invalid request: {first.get('msg')} at {where}"}, status_code=400)
+    message = f"invalid request: {first.get('msg')} at {where}"
+    return JSONResponse(error_table.kserve_body(message), status_code=400)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -96,19 +97,18 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.info("HTTP %d: %s", status, detail)
     if request.url.path.startswith(TORCHSERVE_PREFIXES):
         kind = "BadRequestException" if status == 400 else "HTTPException"
-        return JSONResponse({"code": status, "type": kind, "message": detail}, status_code=status)
-    return JSONResponse({"error": detail}, status_code=status)
+        return JSONResponse(error_table.torchserve_body(status, kind, detail), status_code=status)
+    return JSONResponse(error_table.kserve_body(detail), status_code=status)
 
 
 async def predictor_error_handler(_: Request, exc: Exception) -> JSONResponse:
     """KServe routes: our errors that kserve has no exception for (413, 503 overload, 504, 507...)."""
-    status = getattr(exc, "status", HTTPStatus.INTERNAL_SERVER_ERROR)
-    if status >= 500 and status != HTTPStatus.SERVICE_UNAVAILABLE and not isinstance(exc, ClientGoneError):
+    status = error_table.row_of(exc).kserve.status
+    if status >= 500 and status != 503 and not isinstance(exc, ClientGoneError):
         logger.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
     else:
         logger.info("%s: %s", type(exc).__name__, exc)
-    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (OverloadedError, ModelNotReadyError)) else None
-    return JSONResponse({"error": str(exc)}, status_code=int(status), headers=headers)
+    return error_table.kserve_response(exc)
 
 
 @dataclass(frozen=True)

@@ -8,77 +8,40 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from predictor.config import TaskName
 from predictor.errors import (
     ClientGoneError,
-    ExplanationUnavailableError,
-    InferenceError,
-    InferenceTimeoutError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
-    OutOfResourcesError,
-    OverloadedError,
-    PayloadTooLargeError,
+    ModelVersionNotFoundError,
     PredictorError,
 )
-from predictor.serving import metrics, payloads
+from predictor.serving import error_table, metrics, payloads
 from predictor.serving.kserve_model import TransformersModel
-from predictor.serving.middleware import RETRY_AFTER_S
 
 logger = logging.getLogger(__name__)
 
 DETAILS_HEADER = "x-predictor-details"
 
-class ModelVersionNotFoundError(ModelNotFoundError):
-    """The model exists but not in the requested version."""
-
-
-# Our error -> TorchServe's REST status and exception type, and its gRPC status code (first match wins).
-# TorchServe answers 503 "Prediction failed" for bad input too; here bad input is a 400 that says what
-# is wrong. A timeout is a 500 on REST, as in TorchServe, and DEADLINE_EXCEEDED on gRPC.
-_TORCHSERVE_ERRORS: list[tuple[type[PredictorError], HTTPStatus, str, grpc.StatusCode]] = [
-    (PayloadTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "RequestEntityTooLargeException",
-     grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InvalidRequestError, HTTPStatus.BAD_REQUEST, "BadRequestException", grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelVersionNotFoundError, HTTPStatus.NOT_FOUND, "ModelVersionNotFoundException", grpc.StatusCode.NOT_FOUND),
-    (ModelNotFoundError, HTTPStatus.NOT_FOUND, "ModelNotFoundException", grpc.StatusCode.NOT_FOUND),
-    (ModelNotReadyError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
-    (OverloadedError, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailableException", grpc.StatusCode.UNAVAILABLE),
-    (ExplanationUnavailableError, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedException",
-     grpc.StatusCode.UNIMPLEMENTED),
-    (InferenceTimeoutError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException",
-     grpc.StatusCode.DEADLINE_EXCEEDED),
-    (OutOfResourcesError, HTTPStatus.INSUFFICIENT_STORAGE, "OutOfResourcesException",
-     grpc.StatusCode.RESOURCE_EXHAUSTED),
-    # TorchServe answers 503 here, which tells clients to retry an input that fails again.
-    (InferenceError, HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException", grpc.StatusCode.INTERNAL),
-]
-
-
-def torchserve_error_kind(exc: PredictorError) -> tuple[HTTPStatus, str, grpc.StatusCode]:
-    """(REST status, TorchServe exception type, gRPC code) of one of our errors, logged here once."""
-    status, kind, code = HTTPStatus.INTERNAL_SERVER_ERROR, "InternalServerException", grpc.StatusCode.INTERNAL
-    for cls, cls_status, cls_kind, cls_code in _TORCHSERVE_ERRORS:
-        if isinstance(exc, cls):
-            status, kind, code = cls_status, cls_kind, cls_code
-            break
-    if status >= 500 and not isinstance(exc, ClientGoneError):  # a client that left is not a failure
-        logger.error("%s: %s", kind, exc, exc_info=exc if status != HTTPStatus.SERVICE_UNAVAILABLE else None)
-    else:
-        logger.info("%s: %s", kind, exc)
-    return status, kind, code
-
 
 def torchserve_error(exc: PredictorError) -> JSONResponse:
-    """TorchServe's error body {"code", "type", "message"} for one of our errors."""
-    status, kind, _ = torchserve_error_kind(exc)
-    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, (OverloadedError, ModelNotReadyError)) else None
-    return JSONResponse({"code": int(status), "type": kind, "message": str(exc)}, status_code=status, headers=headers)
+    """TorchServe's error answer for one of our errors, logged here once."""
+    log_error(exc)
+    return error_table.torchserve_response(exc)
+
+
+def log_error(exc: PredictorError) -> None:
+    """5xx at ERROR (with the traceback unless a 503), the rest at INFO; a client that left is no failure."""
+    answer = error_table.row_of(exc).torchserve
+    if answer.status >= 500 and not isinstance(exc, ClientGoneError):
+        logger.error("%s: %s", answer.type, exc,
+                     exc_info=exc if answer.status != HTTPStatus.SERVICE_UNAVAILABLE else None)
+    else:
+        logger.info("%s: %s", answer.type, exc)
 
 
 def answer_bytes(result: Any) -> bytes:

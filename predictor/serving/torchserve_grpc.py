@@ -17,9 +17,9 @@ from google.rpc import status_pb2
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError, PayloadTooLargeError, PredictorError
-from predictor.serving import metrics, payloads
+from predictor.serving import error_table, metrics, payloads
 from predictor.serving.kserve_model import TransformersModel
-from predictor.serving.torchserve import DETAILS_HEADER, TorchServeRoutes, answer_bytes, torchserve_error_kind
+from predictor.serving.torchserve import DETAILS_HEADER, TorchServeRoutes, answer_bytes, log_error
 from predictor.serving.ts_proto import inference_pb2, inference_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class TorchServeInferenceServicer(inference_pb2_grpc.InferenceAPIsServiceService
                 async for prediction in self._answers(request, context):
                     yield inference_pb2.PredictionResponse(prediction=prediction, **sequence)
             except PredictorError as exc:
-                _, _, code = torchserve_error_kind(exc)
+                log_error(exc)
+                code = error_table.torchserve_grpc_code(exc)
                 status = status_pb2.Status(code=code.value[0], message=str(exc))
                 yield inference_pb2.PredictionResponse(status=status, **sequence)
 
@@ -115,8 +116,8 @@ def _details_asked(metadata: Sequence[Any]) -> bool:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: PredictorError) -> None:
-    _, _, code = torchserve_error_kind(exc)
-    await context.abort(code, str(exc))
+    log_error(exc)
+    await context.abort(error_table.torchserve_grpc_code(exc), str(exc))
 
 
 class TorchServeGrpcServer:

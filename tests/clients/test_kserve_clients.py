@@ -12,7 +12,7 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRe
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 from predictor import errors
-from predictor.serving.oip_grpc import GRPC_STATUS, grpc_status
+from predictor.serving.error_table import KSERVE_GRPC_CODES, oip_grpc_code
 
 TEXTS = ["hello world", "Ada Lovelace lived in London."]
 
@@ -98,5 +98,5 @@ def test_grpc_bad_input_is_invalid_argument(seq_server):
     (RuntimeError, grpc.StatusCode.INTERNAL),
 ])
 def test_grpc_status_of_each_core_error(error, status):
-    assert grpc_status(error("x")) == status
-    assert all(issubclass(cls, BaseException) for cls in GRPC_STATUS)
+    assert oip_grpc_code(error("x")) == status
+    assert all(issubclass(cls, BaseException) for cls in KSERVE_GRPC_CODES)

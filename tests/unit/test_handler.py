@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +92,8 @@ def test_not_ready_before_load(model_dirs: dict[str, Path], tmp_path: Path) -> N
         lambda: handler.state,
         lambda: list(handler.stream(None)),
     ):  # type: ignore[arg-type]
-        with pytest.raises(ModelNotReadyError) as err:
+        with pytest.raises(ModelNotReadyError):
             call()
-        assert err.value.status == HTTPStatus.SERVICE_UNAVAILABLE
 
 
 def test_a_failed_load_leaves_the_handler_not_ready(tmp_path: Path) -> None:
@@ -149,7 +147,6 @@ def test_out_of_memory_on_one_item_is_out_of_resources(
     monkeypatch.setattr(handler, "fault_hook", Always(exc))
     with pytest.raises(OutOfResourcesError) as err:
         handler.predict([handler.parse("a single review")])
-    assert err.value.status == HTTPStatus.INSUFFICIENT_STORAGE
     assert err.value.__cause__ is exc
 
 
@@ -174,7 +171,6 @@ def test_other_failures_are_inference_errors(
     with pytest.raises(InferenceError) as err:
         handler.predict([handler.parse(r) for r in SAME_LENGTH["sequence_classification"]])
     assert not isinstance(err.value, OutOfResourcesError)
-    assert err.value.status == HTTPStatus.INTERNAL_SERVER_ERROR
     assert err.value.__cause__ is exc
     assert type(exc).__name__ in str(err.value)
     assert hook.sizes == [4]  # no retry: only out-of-memory is worth splitting
