@@ -33,7 +33,7 @@ from predictor.serving.middleware import RETRY_AFTER_S, TORCHSERVE_PREFIXES, Req
 from predictor.serving.oip import EXTENSIONS
 from predictor.serving.oip_grpc import OipGrpcServer
 from predictor.serving.oip_rest import register_oip_routes
-from predictor.serving.openai import register_openai_routes
+from predictor.serving.openai_chat import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import register_torchserve_routes
 from predictor.serving.torchserve_ports import TorchServeServers
