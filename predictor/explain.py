@@ -30,8 +30,8 @@ TaskT = TypeVar("TaskT", bound=TaskBase)
 
 logger = logging.getLogger(__name__)
 
-# Where common architectures keep their embeddings module (word + position + type), like the seed's
-# `getattr(model, embedding_name).embeddings`.
+# Where common architectures keep their embeddings module (word + position + type), as TorchServe's
+# handler finds it with `getattr(model, embedding_name).embeddings`.
 _BASE_MODEL_ATTRS = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta_v2",
                      "xlm_roberta", "camembert", "mpnet", "longformer", "xlnet")  # fmt: skip
 

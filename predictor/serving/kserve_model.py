@@ -135,8 +135,8 @@ class TransformersModel(kserve.Model):
             self.queue.shutdown()
 
     @property
-    def live_queue(self) -> InferenceQueue:
-        """The inference queue; ModelNotReadyError before the model is loaded."""
+    def inference_queue(self) -> InferenceQueue:
+        """The loaded model's inference queue; ModelNotReadyError before load() and after stop()."""
         if self.queue is None or not self.ready:
             raise ModelNotReadyError(f"model {self.name} is not ready")
         return self.queue
@@ -164,7 +164,7 @@ class TransformersModel(kserve.Model):
         timing = metrics.RequestTiming(self.name, "default")  # TorchServe's label when no version is asked
         try:
             with kserve_errors(self.name):
-                results = await self.live_queue.predict(payload.instances, timing)
+                results = await self.inference_queue.predict(payload.instances, timing)
         finally:
             timing.finish()
         if payload.v2 is not None:
@@ -176,7 +176,7 @@ class TransformersModel(kserve.Model):
         timing = metrics.RequestTiming(self.name, "default")
         try:
             with kserve_errors(self.name):
-                return {"explanations": await self.live_queue.explain(payload.instances, timing)}
+                return {"explanations": await self.inference_queue.explain(payload.instances, timing)}
         finally:
             timing.finish()
 

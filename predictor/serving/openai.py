@@ -301,7 +301,7 @@ class OpenAIRoutes:
         try:
             request = parse_request(CompletionRequest, await raw.body())
             model = self.model(request.model)
-            queue = model.live_queue
+            queue = model.inference_queue
             prompt = request.single_prompt()
             instances = [self.instance(model, prompt, request, COMPLETION_MAX_TOKENS) for _ in range(request.n)]
             cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())

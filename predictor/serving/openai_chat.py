@@ -100,7 +100,7 @@ class ChatRoutes(OpenAIRoutes):
         try:
             request = parse_request(ChatRequest, await raw.body())
             model = self.model(request.model)
-            queue = model.live_queue
+            queue = model.inference_queue
             parameters = self.parameters(model, request, model.handler.config.handler.max_new_tokens)
             instance = model.handler.parse_chat([m.as_template_input() for m in request.messages], parameters)
             instances = [instance] * request.n
