@@ -59,10 +59,10 @@ def kserve_errors(model_name: str) -> Iterator[None]:
 def freeze_loaded_objects() -> int:
     """Move every object alive after loading out of the garbage collector's reach; returns how many.
 
-    The model, transformers, torch and kserve leave about 470,000 tracked objects that live as long
-    as the process. A full collection walks all of them: 150 ms or more on the benchmark's MiniLM
-    server, with every thread that needs the GIL (event loop and model workers) stopped meanwhile,
-    which shows up in p99. What requests allocate later is still collected as before.
+    The model, transformers, torch and kserve leave hundreds of thousands of tracked objects that
+    live as long as the process. A full collection walks all of them with every thread that needs
+    the GIL (event loop and model workers) stopped meanwhile, which shows up in tail latency.
+    What requests allocate later is still collected as before.
     """
     gc.collect()
     gc.freeze()
