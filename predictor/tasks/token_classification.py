@@ -57,6 +57,7 @@ class TokenClassificationTask(TaskBase):
     """TorchServe answer: [[token, label], ...] without special tokens. Details: grouped entities."""
 
     name = TaskName.TOKEN_CLASSIFICATION
+    labels: list[str]  # never None here: the label map, else one name per class of the model
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
