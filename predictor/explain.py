@@ -20,7 +20,7 @@ from predictor.errors import ExplanationUnavailableError, InvalidRequestError, R
 from predictor.spans import best_window
 from predictor.tasks.base import Explanation, Instance, TaskBase
 
-if TYPE_CHECKING:  # the tasks import this module lazily; at run time the explainers need only their methods
+if TYPE_CHECKING:  # types only: each task imports this module, so importing the tasks back would be a cycle
     from predictor.tasks.question_answering import QuestionAnsweringTask
     from predictor.tasks.sequence_classification import SequenceClassificationTask
     from predictor.tasks.text_generation import TextGenerationTask
