@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # One forward pass costs about as much as this many extra padded tokens would (kernel launches,
-# Python and tokenizer overhead): measured on MiniLM on 2 CPU cores, where a 1x16 pass takes
-# about a third of an 8x16 pass. Joining an input to a batch is worth it while the padding it
-# adds to the others stays below this.
+# Python and tokenizer overhead; the figures are in benchmarks/README.md). Joining an input to a
+# batch is worth it while the padding it adds to the others stays below this.
 FORWARD_OVERHEAD_TOKENS = 24
 
 

@@ -12,17 +12,26 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from predictor.errors import ExplanationUnavailableError, InvalidRequestError, RequestCancelledError
-from predictor.tasks.base import Explanation, Instance
+from predictor.spans import best_window
+from predictor.tasks.base import Explanation, Instance, TaskBase
+
+if TYPE_CHECKING:  # types only: each task imports this module, so importing the tasks back would be a cycle
+    from predictor.tasks.question_answering import QuestionAnsweringTask
+    from predictor.tasks.sequence_classification import SequenceClassificationTask
+    from predictor.tasks.text_generation import TextGenerationTask
+    from predictor.tasks.token_classification import TokenClassificationTask
+
+TaskT = TypeVar("TaskT", bound=TaskBase)
 
 logger = logging.getLogger(__name__)
 
-# Where common architectures keep their embeddings module (word + position + type), like the seed's
-# `getattr(model, embedding_name).embeddings`.
+# Where common architectures keep their embeddings module (word + position + type), as TorchServe's
+# handler finds it with `getattr(model, embedding_name).embeddings`.
 _BASE_MODEL_ATTRS = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta_v2",
                      "xlm_roberta", "camembert", "mpnet", "longformer", "xlnet")  # fmt: skip
 
@@ -37,11 +46,13 @@ def _stop_if_cancelled(module: torch.nn.Module, args: Any) -> None:
         raise RequestCancelledError("explanation given up (timed out or client gone): stopped")
 
 
-def _cancellable(explain: Callable[[Any, Instance], Explanation]) -> Callable[[Any, Instance], Explanation]:
+def _cancellable(
+    explain: Callable[[TaskT, Instance], Explanation],
+) -> Callable[[TaskT, Instance], Explanation]:
     """Lets the server stop this explanation between two forward passes of Integrated Gradients."""
 
     @functools.wraps(explain)
-    def wrapped(task: Any, instance: Instance) -> Explanation:
+    def wrapped(task: TaskT, instance: Instance) -> Explanation:
         _working.instance = instance
         try:
             _stop_if_cancelled(task.model.module, ())
@@ -98,7 +109,7 @@ def summarize(attributions: torch.Tensor) -> list[float]:
 class Explainer:
     """Integrated Gradients for one task's model; one per handler, used by one thread at a time."""
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, task: TaskBase) -> None:
         if task.model.torchscript:
             raise ExplanationUnavailableError("explanations need an eager model (save_mode: pretrained); "
                                               "TorchScript models cannot be hooked")
@@ -185,12 +196,12 @@ class Explainer:
         return list(self.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist()))
 
 
-def explainer_for(task: Any) -> Explainer:
+def explainer_for(task: TaskBase) -> Explainer:
     """The task's explainer, built on first use."""
     explainer = getattr(task, "_explainer", None)
     if explainer is None:
         explainer = Explainer(task)
-        task._explainer = explainer
+        task._explainer = explainer  # type: ignore[attr-defined]
         logger.info("explanations: Layer Integrated Gradients on %s", type(explainer.layer).__name__)
     return explainer
 
@@ -200,7 +211,7 @@ def _logits(outputs: Any) -> torch.Tensor:
 
 
 @_cancellable
-def explain_sequence_classification(task: Any, instance: Instance) -> Explanation:
+def explain_sequence_classification(task: SequenceClassificationTask, instance: Instance) -> Explanation:
     """{"words", "importances", "delta", "target"}: attributions to the target class (default: predicted)."""
     ex = explainer_for(task)
     enc = ex.encode(instance.text)
@@ -213,7 +224,7 @@ def explain_sequence_classification(task: Any, instance: Instance) -> Explanatio
 
 
 @_cancellable
-def explain_token_classification(task: Any, instance: Instance) -> Explanation:
+def explain_token_classification(task: TokenClassificationTask, instance: Instance) -> Explanation:
     """Attributions to one token's label; by default to every predicted entity token (first one on top)."""
     ex = explainer_for(task)
     enc = ex.encode(instance.text)
@@ -248,7 +259,7 @@ def explain_token_classification(task: Any, instance: Instance) -> Explanation:
 
 
 @_cancellable
-def explain_question_answering(task: Any, instance: Instance) -> Explanation:
+def explain_question_answering(task: QuestionAnsweringTask, instance: Instance) -> Explanation:
     """Attributions of question and context tokens to the answer's start and to its end, in one pass.
 
     A long context is explained in the window that holds the served answer; target positions count
@@ -258,7 +269,7 @@ def explain_question_answering(task: Any, instance: Instance) -> Explanation:
     [encoded] = task.encode([instance])
     alone = len(encoded.rows) == 1 and instance.target is not None  # nothing to choose: no forward pass
     spans = [(0.0, 0, 0)] if alone else task.window_spans([encoded])[0]
-    window = task.best_window(spans)
+    window = best_window(spans)
     enc = ex.encode_row(encoded.rows[window])
     length = enc["input_ids"].shape[1]
     if instance.target is not None:
@@ -279,7 +290,7 @@ def explain_question_answering(task: Any, instance: Instance) -> Explanation:
 
 
 @_cancellable
-def explain_text_generation(task: Any, instance: Instance) -> Explanation:
+def explain_text_generation(task: TextGenerationTask, instance: Instance) -> Explanation:
     """Prompt-token attributions to the continuation (target text, default the greedy continuation)."""
     try:
         from captum.attr import LLMGradientAttribution, TextTokenInput
@@ -307,7 +318,7 @@ def explain_text_generation(task: Any, instance: Instance) -> Explanation:
             "token_importances": result.token_attr.detach().float().tolist() if result.token_attr is not None else []}
 
 
-def _prompt_within_max_length(task: Any, text: str) -> str:
+def _prompt_within_max_length(task: TextGenerationTask, text: str) -> str:
     """The prompt as generation sees it: its last handler.max_length tokens."""
     ids = task.tokenizer(text)["input_ids"]
     if len(ids) <= task.handler.max_length:
@@ -315,7 +326,7 @@ def _prompt_within_max_length(task: Any, text: str) -> str:
     return str(task.tokenizer.decode(ids[-task.handler.max_length:], skip_special_tokens=True))
 
 
-def _check_fits_context(task: Any, prompt: str, target_tokens: int) -> None:
+def _check_fits_context(task: TextGenerationTask, prompt: str, target_tokens: int) -> None:
     """Prompt and target are one sequence for the model: InvalidRequestError when it exceeds the context."""
     context = task.context_size
     prompt_tokens = len(task.tokenizer(prompt)["input_ids"])

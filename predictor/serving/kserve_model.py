@@ -41,10 +41,10 @@ def kserve_errors(model_name: str) -> Iterator[None]:
 def freeze_loaded_objects() -> int:
     """Move every object alive after loading out of the garbage collector's reach; returns how many.
 
-    The model, transformers, torch and kserve leave about 470,000 tracked objects that live as long
-    as the process. A full collection walks all of them: 150 ms or more on the benchmark's MiniLM
-    server, with every thread that needs the GIL (event loop and model workers) stopped meanwhile,
-    which shows up in p99. What requests allocate later is still collected as before.
+    The model, transformers, torch and kserve leave hundreds of thousands of tracked objects that
+    live as long as the process. A full collection walks all of them with every thread that needs
+    the GIL (event loop and model workers) stopped meanwhile, which shows up in tail latency.
+    What requests allocate later is still collected as before.
     """
     gc.collect()
     gc.freeze()
@@ -117,8 +117,8 @@ class TransformersModel(kserve.Model):
             self.queue.shutdown()
 
     @property
-    def live_queue(self) -> InferenceQueue:
-        """The inference queue; ModelNotReadyError before the model is loaded."""
+    def inference_queue(self) -> InferenceQueue:
+        """The loaded model's inference queue; ModelNotReadyError before load() and after stop()."""
         if self.queue is None or not self.ready:
             raise ModelNotReadyError(f"model {self.name} is not ready")
         return self.queue
@@ -146,7 +146,7 @@ class TransformersModel(kserve.Model):
         timing = metrics.RequestTiming(self.name, "default")  # TorchServe's label when no version is asked
         try:
             with kserve_errors(self.name):
-                results = await self.live_queue.predict(payload.instances, timing)
+                results = await self.inference_queue.predict(payload.instances, timing)
         finally:
             timing.finish()
         if payload.v2 is not None:
@@ -158,7 +158,7 @@ class TransformersModel(kserve.Model):
         timing = metrics.RequestTiming(self.name, "default")
         try:
             with kserve_errors(self.name):
-                return {"explanations": await self.live_queue.explain(payload.instances, timing)}
+                return {"explanations": await self.inference_queue.explain(payload.instances, timing)}
         finally:
             timing.finish()
 

@@ -4,7 +4,7 @@ kserve ships these routes, but its request/response types import vLLM (a GPU ser
 several GB), so without vLLM kserve silently skips them. This module keeps kserve's paths and the
 OpenAI wire format (JSON, or server-sent events when `stream` is true) with pydantic models. A
 parameter this server cannot honour is refused with OpenAI's error shape, never ignored.
-Chat completions (the tokenizer's chat template) are in openai_chat.py.
+Chat completions (the tokenizer's chat template) and the route registration are in openai_chat.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -289,7 +289,7 @@ class OpenAIRoutes:
         try:
             request = parse_request(CompletionRequest, await raw.body())
             model = self.model(request.model)
-            queue = model.live_queue
+            queue = model.inference_queue
             prompt = request.single_prompt()
             instances = [self.instance(model, prompt, request, COMPLETION_MAX_TOKENS) for _ in range(request.n)]
             cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -325,15 +325,3 @@ class OpenAIRoutes:
         if request.include_usage:
             yield sse({**head, "choices": [], "usage": usage(outcome.prompt_tokens, outcome.completion_tokens)})
         yield b"data: [DONE]\n\n"
-
-
-def register_openai_routes(app: FastAPI, models: Mapping[str, TransformersModel]) -> None:
-    """kserve's OpenAI paths (completions, chat completions, models), for text-generation models."""
-    from predictor.serving.openai_chat import ChatRoutes  # it builds on this module's types
-
-
-    routes = ChatRoutes(models)
-    app.add_api_route(PREFIX + "/completions", routes.completions, methods=["POST"], tags=["OpenAI"])
-    app.add_api_route(PREFIX + "/chat/completions", routes.chat_completions, methods=["POST"], tags=["OpenAI"])
-    app.add_api_route(PREFIX + "/models", routes.list_models, methods=["GET"], tags=["OpenAI"])
-

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from predictor.errors import PredictorError
 from predictor.serving.error_table import openai_response
 from predictor.serving.openai import (
+    PREFIX,
     GenerationRequest,
     OpenAIParameterError,
     OpenAIRoutes,
@@ -27,6 +28,7 @@ from predictor.serving.openai import (
     unsupported,
     usage,
 )
+from predictor.serving.kserve_model import TransformersModel
 from predictor.tasks import StreamEnd
 
 
@@ -98,7 +100,7 @@ class ChatRoutes(OpenAIRoutes):
         try:
             request = parse_request(ChatRequest, await raw.body())
             model = self.model(request.model)
-            queue = model.live_queue
+            queue = model.inference_queue
             parameters = self.parameters(model, request, model.handler.config.handler.max_new_tokens)
             instance = model.handler.parse_chat([m.as_template_input() for m in request.messages], parameters)
             instances = [instance] * request.n
@@ -139,3 +141,10 @@ class ChatRoutes(OpenAIRoutes):
             yield sse({**head, "choices": [], "usage": usage(outcome.prompt_tokens, outcome.completion_tokens)})
         yield b"data: [DONE]\n\n"
 
+
+def register_openai_routes(app: FastAPI, models: Mapping[str, TransformersModel]) -> None:
+    """kserve's OpenAI paths (completions, chat completions, models), for text-generation models."""
+    routes = ChatRoutes(models)
+    app.add_api_route(PREFIX + "/completions", routes.completions, methods=["POST"], tags=["OpenAI"])
+    app.add_api_route(PREFIX + "/chat/completions", routes.chat_completions, methods=["POST"], tags=["OpenAI"])
+    app.add_api_route(PREFIX + "/models", routes.list_models, methods=["GET"], tags=["OpenAI"])

@@ -33,7 +33,7 @@ from predictor.serving.middleware import TORCHSERVE_PREFIXES, RequestContextMidd
 from predictor.serving.oip import EXTENSIONS
 from predictor.serving.oip_grpc import OipGrpcServer
 from predictor.serving.oip_rest import register_oip_routes
-from predictor.serving.openai import register_openai_routes
+from predictor.serving.openai_chat import register_openai_routes
 from predictor.serving.openapi import openapi_document
 from predictor.serving.torchserve import register_torchserve_routes
 from predictor.serving.torchserve_ports import TorchServeServers
@@ -135,8 +135,8 @@ def install_event_loop(choice: str) -> str:
     """The event loop kserve's --event-loop asks for; returns the one installed.
 
     ModelServer.start() runs asyncio.run(), which never sees uvicorn's loop setting, so kserve
-    serves on the plain asyncio loop whatever the flag says. Here the policy is set first. uvloop
-    took about 1.5 ms off a request at concurrency 1 on the benchmark's MiniLM (benchmarks/).
+    serves on the plain asyncio loop whatever the flag says. Here the policy is set first (uvloop
+    is the faster loop: figures in benchmarks/README.md).
     """
     if choice == "asyncio":
         return "asyncio"
@@ -155,8 +155,8 @@ def without_request_timing(app: FastAPI) -> None:
     """Leave kserve's per-request timing middleware out of the app's middleware stack.
 
     kserve adds it when it starts (after configure), and it only feeds the kserve.trace log lines of
-    --enable_latency_logging. Without them it is pure cost: two getrusage calls and a route-name
-    lookup per request, 10 % of the event loop's CPU at concurrency 32 (py-spy, benchmarks/).
+    --enable_latency_logging. Without them it is pure cost on the event loop: two getrusage calls
+    and a route-name lookup per request (figures in benchmarks/README.md).
     Starlette builds the stack from user_middleware at the first ASGI call, so the filter runs then.
     """
     build = app.build_middleware_stack

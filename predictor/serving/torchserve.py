@@ -144,13 +144,13 @@ class TorchServeRoutes:
     @staticmethod
     async def predict(model: TransformersModel, instances: list[Any], timing: metrics.RequestTiming) -> Any:
         """One answer for one input, a list in order for several."""
-        results = await model.live_queue.predict(instances, timing)
+        results = await model.inference_queue.predict(instances, timing)
         return results[0] if len(results) == 1 else results
 
     @staticmethod
     async def explain(model: TransformersModel, instances: list[Any], timing: metrics.RequestTiming) -> Any:
         """One explanation object for one input, a list in order for several."""
-        results = await model.live_queue.explain(instances, timing)
+        results = await model.inference_queue.explain(instances, timing)
         return results[0] if len(results) == 1 else results
 
     @staticmethod
@@ -171,7 +171,7 @@ class TorchServeRoutes:
                           timing: metrics.RequestTiming) -> AsyncIterator[bytes]:
         """The generated text as UTF-8 chunks; the first is awaited here, so errors raise before any is sent."""
         try:
-            chunks = await model.live_queue.open_stream(instance, timing)
+            chunks = await model.inference_queue.open_stream(instance, timing)
         except BaseException:
             timing.finish()
             raise

@@ -8,8 +8,8 @@ from typing import Any
 from predictor.config import ModelConfig, TaskName
 from predictor.tasks.base import Encoded, Explanation, GenerationParams, Instance, Prediction, StreamEnd, Task
 
-# Imported when a model of that mode loads: token classification pulls in transformers.pipelines
-# (about two seconds), which the other modes never need.
+# Imported when a model of that mode loads: token classification pulls in transformers.pipelines,
+# slow to import, which the other modes never need.
 TASKS: dict[TaskName, tuple[str, str]] = {
     TaskName.SEQUENCE_CLASSIFICATION: ("predictor.tasks.sequence_classification", "SequenceClassificationTask"),
     TaskName.TOKEN_CLASSIFICATION: ("predictor.tasks.token_classification", "TokenClassificationTask"),

@@ -1,8 +1,6 @@
 """question_answering: the best answer span of the context, over sliding windows of any length.
 
-transformers 5 has no question-answering pipeline any more, so span selection is written here
-(as the old pipeline did it: softmax per window over context tokens, best start*end product with
-end >= start and at most max_answer_length tokens, best window wins).
+The span search itself is in predictor.spans (shared with the explanations of this task).
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import torch
 
 from predictor.config import TaskName
 from predictor.errors import InvalidRequestError, PayloadTooLargeError
+from predictor.spans import Span, best_span, best_window
 from predictor.tasks.targets import parse_span_target
 from predictor.tasks.base import (
     Encoded,
@@ -27,19 +26,6 @@ from predictor.tasks.base import (
 )
 
 _MIN_CONTEXT_TOKENS = 16
-
-
-def best_span(start: torch.Tensor, end: torch.Tensor, context: torch.Tensor, max_len: int) -> tuple[int, int, float]:
-    """Best (start, end, probability) in one window; logits outside the context are ignored."""
-    neg = torch.finfo(torch.float32).min
-    start_p = torch.softmax(start.float().masked_fill(~context, neg), -1)
-    end_p = torch.softmax(end.float().masked_fill(~context, neg), -1)
-    scores = start_p[:, None] * end_p[None, :]
-    n = scores.shape[0]
-    allowed = torch.ones(n, n, dtype=torch.bool).triu().tril(max_len - 1)  # end >= start, span <= max_len
-    scores = scores.masked_fill(~allowed, 0.0)
-    flat = int(scores.argmax())
-    return flat // n, flat % n, float(scores.view(-1)[flat])
 
 
 class QuestionAnsweringTask(TaskBase):
@@ -97,7 +83,7 @@ class QuestionAnsweringTask(TaskBase):
             out = self.model(self.pad([row for e in batch for row in e.rows]))
         return out[0].float().cpu(), out[1].float().cpu()
 
-    def window_spans(self, batch: Sequence[Encoded]) -> list[list[tuple[float, int, int]]]:
+    def window_spans(self, batch: Sequence[Encoded]) -> list[list[Span]]:
         """Best (probability, start token, end token) of every window of every item.
 
         Windows run in forward passes of at most batchSize x max_length tokens: a long context is
@@ -106,7 +92,7 @@ class QuestionAnsweringTask(TaskBase):
         """
         rows = [(n, w) for n, enc in enumerate(batch) for w in range(len(enc.rows))]
         budget = max(1, self.config.batch_size) * self.handler.max_length
-        spans = [[(-1.0, 0, 0)] * len(enc.rows) for enc in batch]
+        spans: list[list[Span]] = [[(-1.0, 0, 0)] * len(enc.rows) for enc in batch]
         first = 0
         while first < len(rows):
             last, longest = first, 0
@@ -131,16 +117,11 @@ class QuestionAnsweringTask(TaskBase):
                 spans[n][w] = (score, s, e)
         return spans
 
-    @staticmethod
-    def best_window(spans: Sequence[tuple[float, int, int]]) -> int:
-        """The window whose span is served: the most probable (the first of equals)."""
-        return max(range(len(spans)), key=lambda w: (spans[w][0], -w))
-
     def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
         """Best span per item over its windows."""
         results: list[Prediction] = []
         for enc, spans in zip(batch, self.window_spans(batch), strict=True):
-            w = self.best_window(spans)
+            w = best_window(spans)
             score, s, e = spans[w]
             offsets = enc.meta["windows"][w][0]
             char_start, char_end = offsets[s][0], offsets[e][1]

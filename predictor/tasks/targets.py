@@ -8,7 +8,7 @@ from typing import Any
 
 from predictor.errors import InvalidRequestError
 
-# The seed's TorchServe examples send token targets as a Python tuple literal, "(1, 2)".
+# TorchServe's handler examples send token targets as a Python tuple literal, "(1, 2)".
 _PAIR = re.compile(r"^\s*[\(\[]\s*(\d+)\s*,\s*(\d+)\s*[\)\]]\s*$")
 
 

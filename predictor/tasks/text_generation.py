@@ -152,7 +152,10 @@ _MAX_STOPS = 8
 
 
 class TextGenerationTask(TaskBase):
-    """TorchServe answer: prompt + generated text, sampled with the seed's defaults (top_p 0.95, top_k 60)."""
+    """TorchServe answer: prompt + generated text.
+
+    Sampled with TorchServe's handler defaults (top_p 0.95, top_k 60).
+    """
 
     name = TaskName.TEXT_GENERATION
     padding_side = "left"  # every row continues from its last token
@@ -163,7 +166,7 @@ class TextGenerationTask(TaskBase):
         self.byte_ids = byte_fallback_ids(self.tokenizer)
 
     def default_params(self) -> GenerationParams:
-        """The seed handler's sampling defaults, with the configured token budget."""
+        """The sampling defaults of TorchServe's handler, with the configured token budget."""
         return GenerationParams(max_new_tokens=self.handler.max_new_tokens)
 
     def parse(self, raw: Any) -> Instance:

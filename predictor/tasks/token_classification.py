@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import BertConfig, BertForTokenClassification
 from transformers.pipelines.token_classification import AggregationStrategy, TokenClassificationPipeline
 
 from predictor.config import TaskName
@@ -26,22 +26,26 @@ from predictor.tasks.base import (
 from predictor.tasks.targets import parse_token_target
 
 
-class _EntityGrouper(TokenClassificationPipeline):
-    """transformers' own entity grouping (gather_pre_entities + aggregate), reused without a pipeline.
+class EntityGrouper:
+    """transformers' own entity grouping (the token-classification pipeline's gather + aggregate steps).
 
-    Those methods only read `self.tokenizer` and `self.model.config.id2label`; building a whole
-    pipeline would need an eager transformers model, which TorchScript models are not.
+    The pipeline is built through its public constructor around a weightless stand-in model that
+    carries only the label map: grouping reads the tokenizer and `id2label`, never the model, and the
+    served model may be TorchScript or ONNX, which a pipeline cannot hold.
     """
 
-    def __init__(self, tokenizer: Any, labels: Sequence[str]) -> None:  # no super().__init__: no model, no device
-        self.tokenizer = tokenizer
-        self.model = SimpleNamespace(config=SimpleNamespace(id2label=dict(enumerate(labels))))
+    def __init__(self, tokenizer: Any, labels: Sequence[str]) -> None:
+        config = BertConfig(vocab_size=1, hidden_size=1, num_hidden_layers=0, num_attention_heads=1,
+                            intermediate_size=1, id2label=dict(enumerate(labels)))
+        with torch.device("meta"):  # no memory, no draw from the random generator
+            stand_in = BertForTokenClassification(config)
+        self.pipeline = TokenClassificationPipeline(model=stand_in, tokenizer=tokenizer, device=stand_in.device)
 
     def entities(self, text: str, ids: list[int], scores: np.ndarray, offsets: list[tuple[int, int]],
                  special: list[int], strategy: AggregationStrategy) -> list[dict[str, Any]]:
         """Entities of one text, 'O' dropped, as the token-classification pipeline reports them."""
-        pre = self.gather_pre_entities(text, np.array(ids), scores, offsets, np.array(special), strategy)
-        grouped = self.aggregate(pre, strategy)
+        pre = self.pipeline.gather_pre_entities(text, np.array(ids), scores, offsets, np.array(special), strategy)
+        grouped = self.pipeline.aggregate(pre, strategy)
         return [
             {k: (float(v) if isinstance(v, np.floating) else v) for k, v in e.items()}
             for e in grouped
@@ -53,12 +57,13 @@ class TokenClassificationTask(TaskBase):
     """TorchServe answer: [[token, label], ...] without special tokens. Details: grouped entities."""
 
     name = TaskName.TOKEN_CLASSIFICATION
+    labels: list[str]  # never None here: the label map, else one name per class of the model
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         labels = self.labels or [str(i) for i in range(int(getattr(self.model.config, "num_labels", 2)))]
         self.labels = labels
-        self._grouper = _EntityGrouper(self.tokenizer, labels)
+        self._grouper = EntityGrouper(self.tokenizer, labels)
         self._strategy = AggregationStrategy(self.handler.aggregation_strategy)
 
     def parse(self, raw: Any) -> Instance:

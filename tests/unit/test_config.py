@@ -22,7 +22,7 @@ from predictor.config import (
 )
 from predictor.errors import ConfigError
 
-# The seed's model-config.yaml plus TorchServe frontend keys and every key of ours.
+# The original handler's model-config.yaml plus TorchServe frontend keys and every key of ours.
 FULL_YAML = """
 minWorkers: 2
 maxWorkers: 3

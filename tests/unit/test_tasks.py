@@ -290,6 +290,30 @@ def test_token_details_match_the_transformers_pipeline(
         )
 
 
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_entities_of_every_aggregation_strategy_match_the_transformers_pipeline(
+    tok_case: Case, model_dirs: dict[str, Path], strategy: str
+) -> None:
+    """The grouping is the pipeline's own, for eager and TorchScript models alike."""
+    from transformers import pipeline
+
+    model = AutoModelForTokenClassification.from_pretrained(model_dirs["token_classification"]).eval()
+    model.config.id2label = dict(enumerate(TOKEN_LABELS))
+    ner = pipeline("token-classification", model=model, tokenizer=tok_case.tokenizer, aggregation_strategy=strategy)
+    state = tok_case.handler.state
+    config = dataclasses.replace(
+        state.config, handler=dataclasses.replace(state.config.handler, aggregation_strategy=strategy, details=True)
+    )
+    task = build_task(state.task.model, state.task.tokenizer, config, state.labels)
+    results = task.run(task.encode([task.parse(text) for text in TOKEN_TEXTS]))
+    for text, result in zip(TOKEN_TEXTS, results, strict=True):
+        expected = ner(text)
+        keys = [k for k in ("entity", "entity_group", "word", "start", "end", "index") if expected and k in expected[0]]
+        assert [{k: e[k] for k in keys} for e in result["entities"]] == [{k: e[k] for k in keys} for e in expected]
+        assert [e["score"] for e in result["entities"]] == pytest.approx([float(e["score"]) for e in expected],
+                                                                         abs=1e-4)
+
+
 # ---- question answering -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Span:
