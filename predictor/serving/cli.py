@@ -33,20 +33,23 @@ on --ts_management_port (8082); --token_file turns on TorchServe's token authori
 
 _BENCH_PARSER_TEXT = {
     "usage": "%(prog)s [-h] [BENCHMARK FLAGS ...]",
-    "description": "Run the project's benchmark (benchmarks/run.py, see benchmarks/README.md) with its own flags.",
+    "description": "Run the project's benchmark (predictor/bench/run.py, see predictor/bench/README.md) "
+                   "with its own flags.",
     "epilog": """examples:
   python -m predictor bench --quick                       # smoke run, about two minutes
   python -m predictor bench --out bench-results.json      # full run, 10 to 15 minutes
   python -m predictor bench --only limit,server --duration 10
   python -m predictor bench --wait-idle 300 --out results.json
 
-Every flag after `bench` goes to the benchmark unchanged. The benchmark ships with the source
-checkout, not with the installed package: run it from a clone of the repository (make install).
+Every flag after `bench` goes to the benchmark unchanged. Its load generator and plots need the
+`bench` extra: pip install 'predictor[bench]'.
 """,
 }
-_BENCH_UNAVAILABLE = ("the benchmarks package is not importable here (it ships with the source checkout, "
-                      "not the installed package): run `python -m predictor bench` from a clone of the "
-                      "repository after `pip install -e '.[test,demo]'`")
+
+
+def _bench_unavailable(missing: Sequence[str]) -> str:
+    return (f"the benchmark needs {', '.join(repr(m) for m in missing)}, which is not installed: "
+            "pip install 'predictor[bench]' (in a checkout: pip install -e '.[bench]')")
 
 
 class BenchmarkUnavailableError(ImportError):
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "timeout, queue size, request size and token authorization; warns for each other setting "
                           "(default: a config.properties inside the archive, if any)")
     # Listed for --help only: main() hands `bench` its argv before parsing (see bench()).
-    _bench_arguments(sub.add_parser("bench", help="run the benchmark (source checkout only)", add_help=False,
+    _bench_arguments(sub.add_parser("bench", help="run the benchmark (needs the bench extra)", add_help=False,
                                     formatter_class=argparse.RawDescriptionHelpFormatter, **_BENCH_PARSER_TEXT))
     return parser
 
@@ -334,28 +337,23 @@ def import_mar(args: argparse.Namespace) -> int:
 
 
 def load_benchmark() -> ModuleType:
-    """benchmarks.run, from sys.path or else from the source checkout this predictor package sits in.
+    """predictor.bench.run, imported only now: serving never loads the benchmark or its dependencies.
 
     Raises:
-        BenchmarkUnavailableError: neither has it (an installed wheel), or a dependency of it is missing.
+        BenchmarkUnavailableError: a dependency of the `bench` extra is not installed.
     """
     import importlib
 
-    checkout = Path(__file__).resolve().parents[2]
+    from predictor.bench import missing_dependencies
+
+    if missing := missing_dependencies():
+        raise BenchmarkUnavailableError(_bench_unavailable(missing))
     try:
-        return importlib.import_module("benchmarks.run")
-    except ModuleNotFoundError as exc:
-        missing = exc
-    if missing.name in ("benchmarks", "benchmarks.run") and (checkout / "benchmarks" / "run.py").is_file():
-        sys.path.insert(0, str(checkout))  # an editable install maps only `predictor`; the benchmark sits next to it
-        try:
-            return importlib.import_module("benchmarks.run")
-        except ModuleNotFoundError as exc:
-            missing = exc
-    if missing.name in ("benchmarks", "benchmarks.run"):
-        raise BenchmarkUnavailableError(_BENCH_UNAVAILABLE) from missing
-    raise BenchmarkUnavailableError(f"the benchmark needs the module {missing.name!r}: "
-                                    "pip install -e '.[test,demo]' in the checkout") from missing
+        return importlib.import_module("predictor.bench.run")
+    except ModuleNotFoundError as exc:  # one the list above does not name
+        if exc.name is None or exc.name.split(".")[0] == "predictor":
+            raise
+        raise BenchmarkUnavailableError(_bench_unavailable([exc.name])) from exc
 
 
 def bench(argv: Sequence[str]) -> int:

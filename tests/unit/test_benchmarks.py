@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from benchmarks import backends, report
-from benchmarks.corpus import describe, load_corpus, spread
-from benchmarks.load import Request, closed_loop, latency_summary
-from benchmarks.models import ModelDirs
-from benchmarks.run import Settings, build_parser, run_benchmark, settings_from_args
-from benchmarks.server_process import batch_metrics, parse_prometheus
+from predictor.bench import backends, report
+from predictor.bench.corpus import describe, load_corpus, spread
+from predictor.bench.load import Request, closed_loop, latency_summary
+from predictor.bench.models import ModelDirs
+from predictor.bench.run import Settings, build_parser, run_benchmark, settings_from_args
+from predictor.bench.server_process import batch_metrics, parse_prometheus
 
 METRICS_BEFORE = """# HELP predictor_batch_size Inputs per forward pass
 # TYPE predictor_batch_size histogram
@@ -235,8 +235,8 @@ def test_the_recreated_kserve_runtime_answers_the_models_argmax(tmp_path: Path) 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from benchmarks.kserve_hf import HuggingFaceRuntimeEncoder
-    from benchmarks.models import build_classifier
+    from predictor.bench.kserve_hf import HuggingFaceRuntimeEncoder
+    from predictor.bench.models import build_classifier
 
     path = build_classifier(tmp_path / "minilm")  # the benchmark's MiniLM (the tiny model answers one class)
     runtime = HuggingFaceRuntimeEncoder.model("bench", path)
