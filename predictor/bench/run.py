@@ -30,6 +30,7 @@ from predictor.bench import machine
 from predictor.bench.corpus import describe, load_corpus, spread
 from predictor.bench.load import JSON, Request, closed_loop, run_phase
 from predictor.bench.models import ModelDirs, build_models
+from predictor.bench.plot import default_plot_path, plot
 from predictor.bench.report import derive, format_table
 from predictor.bench.server_process import ServerError, ServerProcess, batch_metrics
 
@@ -436,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inprocess-duration", type=float, default=None,
                         help="seconds per in-process figure (each batch size, each backend)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="draw latency-vs-throughput curves to this PNG (default: beside --out, as .png)")
     parser.add_argument("--model", choices=("auto", "random", "demo"), default="auto",
                         help="classifier: MiniLM with a seeded random head, or the demo model fine-tuned "
                              "locally (auto: demo for a full run when predictor.demo is present, random for "
@@ -498,6 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         logger.info("report written to %s", args.out)
+    if (plot_path := args.plot or default_plot_path(args.out)) is not None:
+        if drawn := plot(report, plot_path):
+            logger.info("curves of %d set-ups drawn to %s", len(drawn), plot_path)
+        else:
+            logger.info("no figures to draw: %s not written", plot_path)
     return 1 if report.get("errors") else 0
 
 
