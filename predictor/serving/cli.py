@@ -296,12 +296,18 @@ def serve(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Build the demo model once, print what to try, then serve it."""
-    from predictor.demo import build_demo_model, demo_model_ready
+    import subprocess
+
+    from predictor.demo_files import demo_model_ready
 
     out = Path(args.model_dir)
     if not demo_model_ready(out):
         logger.info("building the demo model into %s (about a minute, once)", out)
-        build_demo_model(out)
+        # In a child process: the server never imports the trainer or keeps its memory.
+        built = subprocess.run([sys.executable, "-m", "predictor", "demo-model", str(out)], check=False)
+        if built.returncode != 0:
+            logger.error("cannot serve the demo: building it into %s failed (exit %d)", out, built.returncode)
+            return built.returncode
     base = f"http://localhost:{args.http_port}"
     logger.info(
         "once ready, try:\n  curl %s/ping\n  curl %s/predictions/%s -d 'What a wonderful, friendly place.'\n"
