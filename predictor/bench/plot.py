@@ -58,9 +58,9 @@ def curves(report: Mapping[str, Any]) -> list[Series]:
         add(f"predictor, {name}", _phases((entry or {}).get("phases")))
     add("KServe HF runtime (re-created) v1", _phases((report.get("kserve_hf") or {}).get("phases")))
     seed = report.get("seed_way") or {}
-    if isinstance(seed.get("seq_per_s"), int | float) and isinstance(seed.get("latency_ms_median"), int | float):
-        add("seed's way (in process)", ((float(seed["seq_per_s"]), float(seed["latency_ms_median"]), "c=1"),),
-            in_process=True)
+    rate, ms = seed.get("seq_per_s"), seed.get("latency_ms_median")
+    if isinstance(rate, int | float) and isinstance(ms, int | float):
+        add("seed's way (in process)", ((float(rate), float(ms), "c=1"),), in_process=True)
     limit_sizes = (report.get("limit") or {}).get("batch_sizes")
     add("eager forward (in process)", _batch_sizes(limit_sizes), in_process=True)
     for name, entry in (report.get("backends") or {}).items():

@@ -152,8 +152,8 @@ class ServerProcess:
         """Start and wait for the readiness route to answer 200; the seconds that took. ServerError if not."""
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), cwd=PACKAGE_PARENT, env=self.environment(), stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), cwd=PACKAGE_PARENT, env=self.environment(),
+                                            stdout=log, stderr=subprocess.STDOUT)
         ready_url = self.base_url + self.ready_path_template.format(name=self.name)
         deadline = started + timeout_s
         with httpx.Client(timeout=2.0) as client:

@@ -39,11 +39,11 @@ def wheel_like_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
 
 
 def bench_without(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m predictor bench ARGS` where `module` cannot be imported, as when the extra is not installed."""
+    """`python -m predictor bench ARGS` where `module` cannot be imported (the extra not installed)."""
     program = (f"import sys; sys.modules[{module!r}] = None; from predictor.serving.cli import main; "
                f"raise SystemExit(main(['bench', *{list(args)!r}]))")
-    return subprocess.run([sys.executable, "-c", program], check=False, cwd=REPO, capture_output=True, text=True,
-                          timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-c", program], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
 
 
 def test_help_shows_examples_and_the_benchmarks_own_flags() -> None:

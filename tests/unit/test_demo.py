@@ -239,7 +239,8 @@ def test_serving_a_built_demo_never_imports_the_trainer(tmp_path: Path) -> None:
     ready = _fake_build(tmp_path / "demo-model")
     # `python -m predictor demo` up to the point where it serves (serve itself replaced by a probe).
     program = ("import sys; from predictor.serving import cli, server; "
-               "cli.serve = lambda args: print(sorted(m for m in sys.modules if m.startswith('predictor.demo'))) or 0; "
+               "cli.serve = lambda args: "
+               "print(sorted(m for m in sys.modules if m.startswith('predictor.demo'))) or 0; "
                f"raise SystemExit(cli.main(['demo', '--model_dir', {str(ready)!r}]))")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
                             check=False, stdin=subprocess.DEVNULL)
@@ -272,6 +273,7 @@ def test_a_missing_demo_is_built_in_a_child_process(tmp_path: Path, monkeypatch:
 def test_a_failed_demo_build_is_not_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from predictor.serving import cli
 
-    monkeypatch.setattr(subprocess, "run", lambda command, check=False: subprocess.CompletedProcess(command, 3))
+    monkeypatch.setattr(subprocess, "run",
+                        lambda command, check=False: subprocess.CompletedProcess(command, 3))
     monkeypatch.setattr(cli, "serve", lambda args: pytest.fail("served a demo model that was never built"))
     assert cli.demo(cli.build_parser().parse_args(["demo", "--model_dir", str(tmp_path / "absent")])) == 3
