@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from predictor.artifacts import ArchiveLimits
+from predictor import artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +84,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_version", default=None,
                         help="served version (default: the .mar's, then modelVersion in the config, then 1.0)")
     # A .mar is unpacked before its model-config.yaml can be read, so its limits are flags.
-    parser.add_argument("--mar_max_bytes", type=_positive_int, default=ArchiveLimits.max_bytes,
+    parser.add_argument("--mar_max_bytes", type=_positive_int, default=artifacts.ArchiveLimits.max_bytes,
                         help="a .mar may unpack to at most this many bytes (default: %(default)s)")
-    parser.add_argument("--mar_max_entries", type=_positive_int, default=ArchiveLimits.max_entries,
+    parser.add_argument("--mar_max_entries", type=_positive_int, default=artifacts.ArchiveLimits.max_entries,
                         help="a .mar may hold at most this many files (default: %(default)s)")
-    parser.add_argument("--mar_max_ratio", type=_positive_int, default=ArchiveLimits.max_ratio,
+    parser.add_argument("--mar_max_ratio", type=_positive_int, default=artifacts.ArchiveLimits.max_ratio,
                         help="a .mar member over 1 MiB may expand at most this many times "
                              "(default: %(default)s)")
     parser.add_argument("--load_retry_seconds", type=float, default=60.0,
@@ -229,18 +229,10 @@ def configure_logging(level: str, latency_logging: bool = False) -> None:
     logging.getLogger("kserve.trace").setLevel(level if latency_logging else logging.WARNING)
 
 
-def _offline_environment() -> None:
-    # Never reach for the hub: every model and tokenizer loads from local files.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def serve(args: argparse.Namespace) -> int:
     """Serve one model until SIGTERM; exit 1 when the model never loads."""
     import kserve.model_server
 
-    from predictor import artifacts
     from predictor.config import TaskName
     from predictor.devices import chooses_cuda
     from predictor.errors import ConfigError
@@ -256,11 +248,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     model_dir = Path(args.model_dir)
     config_path = Path(args.model_config) if args.model_config else None
-    cache_dir = Path(os.environ.get("PREDICTOR_CACHE_DIR", "/tmp/predictor-cache"))
+    cache_dir = artifacts.default_cache_dir(os.environ)
     try:  # a broken config is not transient: fail now, with the key and value named
         archive_limits = artifacts.ArchiveLimits(args.mar_max_bytes, args.mar_max_entries, args.mar_max_ratio)
-        source = artifacts.resolve_model_source(model_dir, config_path, cache_dir, archive_limits)
-        config = artifacts.load_source_config(source)
+        resolved = artifacts.resolve_model(model_dir, config_path, cache_dir, archive_limits)
     except ConfigError as exc:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
@@ -270,13 +261,14 @@ def serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
     logger.info("token authorization: %s", "on" if keys is not None else "off")
+    config = resolved.config
     mode = config.handler.mode
     plan = plan_workers(available_cores(), workers=args.model_workers or config.min_workers,
                         threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
                         compiled=config.compile.enable)
     configure_threads(plan)
     handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version,
-                                 cache_dir=cache_dir, archive_limits=archive_limits)
+                                 cache_dir=cache_dir, archive_limits=archive_limits, resolved=resolved)
     if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
         from predictor.serving.faults import fault_hook
 
@@ -393,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench(argv[1:])
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
-    _offline_environment()
+    artifacts.offline_environment(os.environ)  # before anything imports transformers
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from predictor.serving.cpu import openmp_wait, openmp_waiting
 
