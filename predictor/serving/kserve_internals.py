@@ -46,7 +46,8 @@ def uvicorn_server(model_server: ModelServer) -> Any | None:
 
 
 def add_grpc_server(model_server: ModelServer, grpc_server: Any, serving: Coroutine[Any, Any, None]) -> None:
-    """Run our own gRPC server in kserve's place: started with the REST server, stopped by ModelServer.stop()."""
+    """Run our own gRPC server in kserve's place: started with the REST server, stopped by
+    ModelServer.stop()."""
     model_server._grpc_server = grpc_server
     model_server.servers.append(serving)
 

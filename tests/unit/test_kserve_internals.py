@@ -1,4 +1,4 @@
-"""Canary: what predictor/serving/kserve_internals.py relies on inside kserve, uvicorn and Starlette still holds.
+"""Canary: what predictor/serving/kserve_internals.py relies on in kserve, uvicorn and Starlette still holds.
 
 Each failure names the attribute that changed; after a kserve upgrade, fix kserve_internals.py (the only
 module that touches these) and this test together.
@@ -16,8 +16,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from kserve import ModelServer
-from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from timing_asgi import TimingMiddleware
 
@@ -40,14 +38,15 @@ def model_server() -> ModelServer:
 
 def rest_server(model_server: ModelServer) -> RESTServer:
     """kserve's REST server as ModelServer.start() builds it for one worker."""
-    return RESTServer("kserve.model_server:app", model_server.dataplane, model_server.model_repository_extension,
-                      0, workers=1, grace_period=1)
+    return RESTServer("kserve.model_server:app", model_server.dataplane,
+                      model_server.model_repository_extension, 0, workers=1, grace_period=1)
 
 
 def test_the_module_level_app_parser_and_args_exist() -> None:
     import kserve.model_server as module
 
-    require(isinstance(getattr(module, "app", None), FastAPI), "kserve.model_server.app is no longer a FastAPI app")
+    require(isinstance(getattr(module, "app", None), FastAPI),
+            "kserve.model_server.app is no longer a FastAPI app")
     require(isinstance(getattr(module, "parser", None), argparse.ArgumentParser),
             "kserve.model_server.parser is no longer an ArgumentParser (the CLI's serve flags extend it)")
     require(isinstance(getattr(module, "args", None), argparse.Namespace),
@@ -63,7 +62,8 @@ def test_model_server_takes_our_arguments_and_keeps_its_servers_in_a_list(model_
         require(hasattr(model_server, name), f"ModelServer has no attribute {name!r}")
     require(hasattr(model_server, "_rest_server"), "ModelServer._rest_server is gone")
     require(hasattr(model_server, "_grpc_server"), "ModelServer._grpc_server is gone")
-    require(isinstance(getattr(model_server, "servers", None), list), "ModelServer.servers is no longer a list")
+    require(isinstance(getattr(model_server, "servers", None), list),
+            "ModelServer.servers is no longer a list")
     require(kserve_internals.uvicorn_server(model_server) is None,
             "ModelServer._rest_server is set before start()")
     require("self._rest_server = RESTServer(" in inspect.getsource(ModelServer.start),
