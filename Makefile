@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install serve test bench clean
 
+# demo: the demo model's base encoder (make serve); bench: the benchmark's dependencies (make bench).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[test,demo,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +26,7 @@ serve: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: install
+bench: install  # writes bench-results.json and its latency-vs-throughput curves, bench-results.png
 	$(PY) -m predictor bench --out bench-results.json
 
 clean:

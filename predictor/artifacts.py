@@ -10,7 +10,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_FILE = "model-config.yaml"
 LABELS_FILE = "index_to_name.json"
+CACHE_DIR_VARIABLE = "PREDICTOR_CACHE_DIR"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                     "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")  # fmt: skip
 
@@ -68,6 +69,21 @@ class ArchiveLimits:
                 raise ConfigError(f"{archive.name}: member {member.filename!r} expands {ratio:.0f} times "
                                   f"({member.compress_size} -> {member.file_size} bytes); the limit is "
                                   f"{self.max_ratio} (--mar_max_ratio)")
+
+
+def default_cache_dir(environ: Mapping[str, str]) -> Path:
+    """Where .mar archives unpack and ONNX exports go: PREDICTOR_CACHE_DIR, else a predictor-cache in the
+    system's temporary directory."""
+    return Path(environ.get(CACHE_DIR_VARIABLE) or Path(tempfile.gettempdir()) / "predictor-cache")
+
+
+def offline_environment(environ: MutableMapping[str, str]) -> None:
+    """Never reach for the hub: every model and tokenizer loads from local files (a value already set wins).
+
+    huggingface_hub reads these when first imported, so a process sets them before importing transformers.
+    """
+    environ.setdefault("HF_HUB_OFFLINE", "1")
+    environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def inside(root: Path, name: str, what: str) -> Path:
@@ -162,6 +178,21 @@ def _source_from_mar(archive: Path, config_path: Path | None, cache_dir: Path,
         version=manifest.get("modelVersion"),
         archive=archive,
     )
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model directory found (a .mar unpacked) and its config read: done once, before the port opens."""
+
+    source: ModelSource
+    config: ModelConfig
+
+
+def resolve_model(model_dir: Path, config_path: Path | None, cache_dir: Path,
+                  archive_limits: ArchiveLimits | None = None) -> ResolvedModel:
+    """resolve_model_source, then load_source_config: ConfigError naming the problem."""
+    source = resolve_model_source(model_dir, config_path, cache_dir, archive_limits)
+    return ResolvedModel(source, load_source_config(source))
 
 
 def load_source_config(source: ModelSource) -> ModelConfig:

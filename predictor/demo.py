@@ -1,4 +1,7 @@
-"""The default demo model: all-MiniLM-L6-v2 fine-tuned for sentiment on the shipped set, built locally."""
+"""The default demo model: all-MiniLM-L6-v2 fine-tuned for sentiment on the shipped set, built locally.
+
+The trainer: only `predictor demo-model` (and the benchmark) import it; the server never does.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, BatchEncoding, BertForSequenceClassification, PreTrainedTokenizerBase
 
+from predictor.demo_files import FORMAT_VERSION, METRICS_FILE, demo_model_ready
 from predictor.errors import ConfigError
 from predictor.progress import Progress
 
@@ -37,15 +41,9 @@ LOW_ACCURACY = 0.75
 MAX_LENGTH = 128
 LABELS = ("negative", "positive")
 MODEL_NAME = "demo-sentiment"
-METRICS_FILE = "demo-metrics.json"
 # Next to this module rather than via importlib.resources, which fails on namespace packages whose
 # __path__ holds an editable install's path hook.
 DATA_FILE = Path(__file__).with_name("data") / "sentiment.tsv"
-# Bumped when the build changes, so a serve command rebuilds an older demo model instead of reusing it.
-FORMAT_VERSION = 1
-# The metrics file is written last: its presence (with the right format) marks a finished build.
-_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                   "model-config.yaml", "index_to_name.json", METRICS_FILE)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,18 +82,6 @@ def split_examples(examples: Sequence[Example], seed: int) -> tuple[list[Example
         heldout += group[:cut]
         train += group[cut:]
     return train, heldout
-
-
-def demo_model_ready(out_dir: Path) -> bool:
-    """True when out_dir holds a finished demo build of the current format."""
-    out_dir = Path(out_dir)
-    if not all((out_dir / name).is_file() for name in _REQUIRED_FILES):
-        return False
-    try:
-        metrics = json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(metrics, dict) and metrics.get("format") == FORMAT_VERSION
 
 
 def build_demo_model(

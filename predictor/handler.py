@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,13 +62,16 @@ class GeneralizedHandler:
 
     def __init__(self, model_dir: Path, *, config_path: Path | None = None, version: str | None = None,
                  cache_dir: Path | None = None,
-                 archive_limits: artifacts.ArchiveLimits | None = None) -> None:
+                 archive_limits: artifacts.ArchiveLimits | None = None,
+                 resolved: artifacts.ResolvedModel | None = None) -> None:
+        """`resolved`: the model directory as the caller already resolved it (the CLI does, to fail before
+        the port opens), so load() neither unpacks nor reads the config again; else load() resolves it."""
         self.model_dir = Path(model_dir)
+        self.resolved = resolved
         self.archive_limits = archive_limits
         self.config_path = config_path
         self.requested_version = version
-        self.cache_dir = cache_dir or Path(os.environ.get("PREDICTOR_CACHE_DIR")
-                                           or Path(tempfile.gettempdir()) / "predictor-cache")
+        self.cache_dir = cache_dir or artifacts.default_cache_dir(os.environ)
         self._state: LoadedState | None = None
         self.observer: BatchObserver | None = None
         # Test hook, off in production: called with the batch size before every forward pass.
@@ -79,9 +81,10 @@ class GeneralizedHandler:
     def load(self) -> None:
         """Load config, tokenizer and model, then warm up; raises ConfigError on any problem."""
         started = time.perf_counter()
-        source = artifacts.resolve_model_source(self.model_dir, self.config_path, self.cache_dir,
-                                                self.archive_limits)
-        config = artifacts.load_source_config(source)
+        artifacts.offline_environment(os.environ)
+        resolved = self.resolved or artifacts.resolve_model(self.model_dir, self.config_path, self.cache_dir,
+                                                            self.archive_limits)
+        source, config = resolved.source, resolved.config
         handler = config.handler
         plan = detect_device(handler.device, handler.dtype, handler.model_parallel)
         tokenizer = artifacts.load_tokenizer(source.path, config)

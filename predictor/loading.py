@@ -6,7 +6,6 @@ Local files only, never the hub.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -180,9 +179,7 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
 
 
 def load_model(source: ModelSource, config: ModelConfig, plan: DevicePlan, cache_dir: Path) -> Any:
-    """Load the model as save_mode says and apply the configured optimisations."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Load the model as save_mode says and apply the configured optimisations (local files only)."""
     if config.handler.save_mode is SaveMode.TORCHSCRIPT:
         runner = load_torchscript(source, config, plan)
     else:

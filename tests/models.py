@@ -110,7 +110,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{%
 def build_gpt2(dest: Path, *, seed: int = 0, chat_template: str | None = None, **handler: Any) -> Path:
     """A tiny GPT-2 with a byte-level BPE tokenizer trained on a few sentences (the benchmark's builder),
     optionally with a chat template saved in its tokenizer."""
-    from benchmarks.models import save_tiny_gpt2
+    from predictor.bench.models import save_tiny_gpt2
 
     save_tiny_gpt2(dest, GEN_CORPUS, seed=seed)
     if chat_template is not None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from predictor.artifacts import ArchiveLimits
+from predictor import artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +33,23 @@ on --ts_management_port (8082); --token_file turns on TorchServe's token authori
 
 _BENCH_PARSER_TEXT = {
     "usage": "%(prog)s [-h] [BENCHMARK FLAGS ...]",
-    "description": "Run the project's benchmark (benchmarks/run.py, see benchmarks/README.md) with its own flags.",
+    "description": "Run the project's benchmark (predictor/bench/run.py, see predictor/bench/README.md) "
+                   "with its own flags.",
     "epilog": """examples:
   python -m predictor bench --quick                       # smoke run, about two minutes
   python -m predictor bench --out bench-results.json      # full run, 10 to 15 minutes
   python -m predictor bench --only limit,server --duration 10
   python -m predictor bench --wait-idle 300 --out results.json
 
-Every flag after `bench` goes to the benchmark unchanged. The benchmark ships with the source
-checkout, not with the installed package: run it from a clone of the repository (make install).
+Every flag after `bench` goes to the benchmark unchanged. Its load generator and plots need the
+`bench` extra: pip install 'predictor[bench]'.
 """,
 }
-_BENCH_UNAVAILABLE = ("the benchmarks package is not importable here (it ships with the source checkout, "
-                      "not the installed package): run `python -m predictor bench` from a clone of the "
-                      "repository after `pip install -e '.[test,demo]'`")
+
+
+def _bench_unavailable(missing: Sequence[str]) -> str:
+    return (f"the benchmark needs {', '.join(repr(m) for m in missing)}, which is not installed: "
+            "pip install 'predictor[bench]' (in a checkout: pip install -e '.[bench]')")
 
 
 class BenchmarkUnavailableError(ImportError):
@@ -81,11 +84,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_version", default=None,
                         help="served version (default: the .mar's, then modelVersion in the config, then 1.0)")
     # A .mar is unpacked before its model-config.yaml can be read, so its limits are flags.
-    parser.add_argument("--mar_max_bytes", type=_positive_int, default=ArchiveLimits.max_bytes,
+    parser.add_argument("--mar_max_bytes", type=_positive_int, default=artifacts.ArchiveLimits.max_bytes,
                         help="a .mar may unpack to at most this many bytes (default: %(default)s)")
-    parser.add_argument("--mar_max_entries", type=_positive_int, default=ArchiveLimits.max_entries,
+    parser.add_argument("--mar_max_entries", type=_positive_int, default=artifacts.ArchiveLimits.max_entries,
                         help="a .mar may hold at most this many files (default: %(default)s)")
-    parser.add_argument("--mar_max_ratio", type=_positive_int, default=ArchiveLimits.max_ratio,
+    parser.add_argument("--mar_max_ratio", type=_positive_int, default=artifacts.ArchiveLimits.max_ratio,
                         help="a .mar member over 1 MiB may expand at most this many times "
                              "(default: %(default)s)")
     parser.add_argument("--load_retry_seconds", type=float, default=60.0,
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "timeout, queue size, request size and token authorization; warns for each other setting "
                           "(default: a config.properties inside the archive, if any)")
     # Listed for --help only: main() hands `bench` its argv before parsing (see bench()).
-    _bench_arguments(sub.add_parser("bench", help="run the benchmark (source checkout only)", add_help=False,
+    _bench_arguments(sub.add_parser("bench", help="run the benchmark (needs the bench extra)", add_help=False,
                                     formatter_class=argparse.RawDescriptionHelpFormatter, **_BENCH_PARSER_TEXT))
     return parser
 
@@ -226,18 +229,10 @@ def configure_logging(level: str, latency_logging: bool = False) -> None:
     logging.getLogger("kserve.trace").setLevel(level if latency_logging else logging.WARNING)
 
 
-def _offline_environment() -> None:
-    # Never reach for the hub: every model and tokenizer loads from local files.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 def serve(args: argparse.Namespace) -> int:
     """Serve one model until SIGTERM; exit 1 when the model never loads."""
     import kserve.model_server
 
-    from predictor import artifacts
     from predictor.config import TaskName
     from predictor.devices import chooses_cuda
     from predictor.errors import ConfigError
@@ -253,11 +248,10 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     model_dir = Path(args.model_dir)
     config_path = Path(args.model_config) if args.model_config else None
-    cache_dir = Path(os.environ.get("PREDICTOR_CACHE_DIR", "/tmp/predictor-cache"))
+    cache_dir = artifacts.default_cache_dir(os.environ)
     try:  # a broken config is not transient: fail now, with the key and value named
         archive_limits = artifacts.ArchiveLimits(args.mar_max_bytes, args.mar_max_entries, args.mar_max_ratio)
-        source = artifacts.resolve_model_source(model_dir, config_path, cache_dir, archive_limits)
-        config = artifacts.load_source_config(source)
+        resolved = artifacts.resolve_model(model_dir, config_path, cache_dir, archive_limits)
     except ConfigError as exc:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
@@ -267,13 +261,14 @@ def serve(args: argparse.Namespace) -> int:
         logger.error("cannot serve %s: %s", model_dir, exc)
         return 1
     logger.info("token authorization: %s", "on" if keys is not None else "off")
+    config = resolved.config
     mode = config.handler.mode
     plan = plan_workers(available_cores(), workers=args.model_workers or config.min_workers,
                         threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
                         compiled=config.compile.enable)
     configure_threads(plan)
     handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version,
-                                 cache_dir=cache_dir, archive_limits=archive_limits)
+                                 cache_dir=cache_dir, archive_limits=archive_limits, resolved=resolved)
     if fault := os.environ.get("PREDICTOR_FAULT_INJECTION"):
         from predictor.serving.faults import fault_hook
 
@@ -293,12 +288,18 @@ def serve(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Build the demo model once, print what to try, then serve it."""
-    from predictor.demo import build_demo_model, demo_model_ready
+    import subprocess
+
+    from predictor.demo_files import demo_model_ready
 
     out = Path(args.model_dir)
     if not demo_model_ready(out):
         logger.info("building the demo model into %s (about a minute, once)", out)
-        build_demo_model(out)
+        # In a child process: the server never imports the trainer or keeps its memory.
+        built = subprocess.run([sys.executable, "-m", "predictor", "demo-model", str(out)], check=False)
+        if built.returncode != 0:
+            logger.error("cannot serve the demo: building it into %s failed (exit %d)", out, built.returncode)
+            return built.returncode
     base = f"http://localhost:{args.http_port}"
     logger.info(
         "once ready, try:\n  curl %s/ping\n  curl %s/predictions/%s -d 'What a wonderful, friendly place.'\n"
@@ -334,28 +335,23 @@ def import_mar(args: argparse.Namespace) -> int:
 
 
 def load_benchmark() -> ModuleType:
-    """benchmarks.run, from sys.path or else from the source checkout this predictor package sits in.
+    """predictor.bench.run, imported only now: serving never loads the benchmark or its dependencies.
 
     Raises:
-        BenchmarkUnavailableError: neither has it (an installed wheel), or a dependency of it is missing.
+        BenchmarkUnavailableError: a dependency of the `bench` extra is not installed.
     """
     import importlib
 
-    checkout = Path(__file__).resolve().parents[2]
+    from predictor.bench import missing_dependencies
+
+    if missing := missing_dependencies():
+        raise BenchmarkUnavailableError(_bench_unavailable(missing))
     try:
-        return importlib.import_module("benchmarks.run")
-    except ModuleNotFoundError as exc:
-        missing = exc
-    if missing.name in ("benchmarks", "benchmarks.run") and (checkout / "benchmarks" / "run.py").is_file():
-        sys.path.insert(0, str(checkout))  # an editable install maps only `predictor`; the benchmark sits next to it
-        try:
-            return importlib.import_module("benchmarks.run")
-        except ModuleNotFoundError as exc:
-            missing = exc
-    if missing.name in ("benchmarks", "benchmarks.run"):
-        raise BenchmarkUnavailableError(_BENCH_UNAVAILABLE) from missing
-    raise BenchmarkUnavailableError(f"the benchmark needs the module {missing.name!r}: "
-                                    "pip install -e '.[test,demo]' in the checkout") from missing
+        return importlib.import_module("predictor.bench.run")
+    except ModuleNotFoundError as exc:  # one the list above does not name
+        if exc.name is None or exc.name.split(".")[0] == "predictor":
+            raise
+        raise BenchmarkUnavailableError(_bench_unavailable([exc.name])) from exc
 
 
 def bench(argv: Sequence[str]) -> int:
@@ -389,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench(argv[1:])
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]  # KServe runtimes call `python -m predictor --model_name ... --model_dir ...`
-    _offline_environment()
+    artifacts.offline_environment(os.environ)  # before anything imports transformers
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     from predictor.serving.cpu import openmp_wait, openmp_waiting
 

@@ -22,12 +22,13 @@ from kserve import errors as kserve_errors
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from timing_asgi import TimingMiddleware  # what kserve adds to every app (kserve depends on timing-asgi)
 
 from predictor.config import Limits
 from predictor.errors import ClientGoneError, ConfigError, PredictorError
 from predictor.serving import error_table
+from predictor.serving import kserve_internals
 from predictor.serving.auth import Keys, TokenAuthInterceptor, TokenAuthMiddleware
+from predictor.serving.kserve_internals import without_request_timing
 from predictor.serving.kserve_model import TransformersModel
 from predictor.serving.middleware import TORCHSERVE_PREFIXES, RequestContextMiddleware
 from predictor.serving.oip import EXTENSIONS
@@ -136,7 +137,7 @@ def install_event_loop(choice: str) -> str:
 
     ModelServer.start() runs asyncio.run(), which never sees uvicorn's loop setting, so kserve
     serves on the plain asyncio loop whatever the flag says. Here the policy is set first (uvloop
-    is the faster loop: figures in benchmarks/README.md).
+    is the faster loop: figures in predictor/bench/README.md).
     """
     if choice == "asyncio":
         return "asyncio"
@@ -149,23 +150,6 @@ def install_event_loop(choice: str) -> str:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())  # kserve's setup_event_loop() asks for a current loop
     return "uvloop"
-
-
-def without_request_timing(app: FastAPI) -> None:
-    """Leave kserve's per-request timing middleware out of the app's middleware stack.
-
-    kserve adds it when it starts (after configure), and it only feeds the kserve.trace log lines of
-    --enable_latency_logging. Without them it is pure cost on the event loop: two getrusage calls
-    and a route-name lookup per request (figures in benchmarks/README.md).
-    Starlette builds the stack from user_middleware at the first ASGI call, so the filter runs then.
-    """
-    build = app.build_middleware_stack
-
-    def build_without_timing() -> Any:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
-        return build()
-
-    app.build_middleware_stack = build_without_timing  # type: ignore[method-assign]
 
 
 class PredictorServer:
@@ -233,14 +217,10 @@ class PredictorServer:
         self._loader.start()
         loop = asyncio.get_running_loop()
         loop.create_task(self._drain_on_exit(), name="predictor-drain-watch")
-        uvicorn_server = self._uvicorn()
-        if uvicorn_server is not None and threading.current_thread() is threading.main_thread():
-            # uvicorn installed its handler (stop listening now) just before the lifespan started; ours
-            # first turns not-ready and keeps the port open for the drain delay, then hands over to it.
-            signal.signal(signal.SIGTERM, lambda sig, frame: self._on_sigterm(loop, uvicorn_server, sig))
-
-    def _uvicorn(self) -> Any:
-        return getattr(getattr(self.server, "_rest_server", None), "_server", None)
+        # uvicorn's handler stops listening at once; ours first turns not-ready and keeps the port open
+        # for the drain delay, then hands over to it.
+        kserve_internals.take_over_sigterm(self.server,
+                                           lambda uvicorn, sig: self._on_sigterm(loop, uvicorn, sig))
 
     def _on_sigterm(self, loop: asyncio.AbstractEventLoop, uvicorn_server: Any, sig: int) -> None:
         """First SIGTERM: drain for drain_s, then uvicorn's shutdown; a second one: shut down now.
@@ -251,12 +231,13 @@ class PredictorServer:
         and close idle connections.
         """
         if self.model.draining or not self.model.ready:
-            uvicorn_server.handle_exit(sig, None)  # second signal, or never served: nothing to drain
+            kserve_internals.shut_down(uvicorn_server, sig)  # second signal, or never served: no drain
             return
         self.model.drain()
         logger.info("SIGTERM: not ready; refusing new work for %.1fs before closing the port (grace period %ss)",
                     self.options.drain_s, self.options.grace_period_s)
-        loop.call_soon_threadsafe(loop.call_later, self.options.drain_s, uvicorn_server.handle_exit, sig, None)
+        loop.call_soon_threadsafe(loop.call_later, self.options.drain_s, kserve_internals.shut_down,
+                                  uvicorn_server, sig)
 
     def _load(self) -> None:
         """Load in the background so probes answer (not ready) meanwhile; retry, then exit non-zero."""
@@ -282,9 +263,7 @@ class PredictorServer:
 
     async def _drain_on_exit(self) -> None:
         """When uvicorn starts its graceful shutdown (SIGINT, or after the drain delay), refuse new work."""
-        uvicorn_server = self._uvicorn()
-        while uvicorn_server is not None and not uvicorn_server.should_exit:
-            await asyncio.sleep(0.05)
+        await kserve_internals.wait_for_shutdown(self.server)
         logger.info("shutting down: draining in-flight and queued requests (grace period %ss)",
                     self.options.grace_period_s)
         self.model.drain()
@@ -307,8 +286,8 @@ class PredictorServer:
                                         self.server.model_repository_extension,
                                         kwargs=vars(kserve.model_server.args), grace_period=self._shutdown_budget_s(),
                                         interceptors=[TokenAuthInterceptor(keys.inference)] if keys else [])
-            self.server._grpc_server = grpc_server  # ModelServer.stop() stops it
-            self.server.servers.append(grpc_server.start(self.options.max_threads))
+            kserve_internals.add_grpc_server(self.server, grpc_server,
+                                             grpc_server.start(self.options.max_threads))
         self.torchserve.add_to(self.server)
         self.server.start([])  # the model is registered but loads in the background
         return self.exit_code

@@ -188,7 +188,7 @@ class DocRun:
 _DUMP_PARSERS = """
 import argparse, json
 from predictor.serving.cli import build_parser
-from benchmarks.run import build_parser as benchmark_parser
+from predictor.bench.run import build_parser as benchmark_parser
 
 def describe(parser):
     flags, positionals = {}, []

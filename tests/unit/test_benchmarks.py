@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from benchmarks import backends, report
-from benchmarks.corpus import describe, load_corpus, spread
-from benchmarks.load import Request, closed_loop, latency_summary
-from benchmarks.models import ModelDirs
-from benchmarks.run import Settings, build_parser, run_benchmark, settings_from_args
-from benchmarks.server_process import batch_metrics, parse_prometheus
+from predictor.bench import backends, report
+from predictor.bench.corpus import describe, load_corpus, spread
+from predictor.bench.load import Request, closed_loop, latency_summary
+from predictor.bench.models import ModelDirs
+from predictor.bench.plot import curves, default_plot_path, draw, plot
+from predictor.bench.run import Settings, build_parser, run_benchmark, settings_from_args
+from predictor.bench.server_process import batch_metrics, parse_prometheus
 
 METRICS_BEFORE = """# HELP predictor_batch_size Inputs per forward pass
 # TYPE predictor_batch_size histogram
@@ -235,8 +236,8 @@ def test_the_recreated_kserve_runtime_answers_the_models_argmax(tmp_path: Path) 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from benchmarks.kserve_hf import HuggingFaceRuntimeEncoder
-    from benchmarks.models import build_classifier
+    from predictor.bench.kserve_hf import HuggingFaceRuntimeEncoder
+    from predictor.bench.models import build_classifier
 
     path = build_classifier(tmp_path / "minilm")  # the benchmark's MiniLM (the tiny model answers one class)
     runtime = HuggingFaceRuntimeEncoder.model("bench", path)
@@ -267,3 +268,68 @@ def test_fastest_backend_counts_only_backends_that_keep_the_answers() -> None:
     assert derived["fastest_backend_over_kserve_hf"] == 2.5 and derived["fastest_backend_over_seed"] == 5.0
     measured["backends"]["int8"] = {"label_agreement_pct": 99.5, "max_prob_diff": 0.0005}
     assert report.derive(measured, 32)["fastest_backend"] == "int8"
+
+
+# ---- latency-vs-throughput curves (a synthetic report: no benchmark runs here) --------------------------
+def _phase_entry(route: str, concurrency: int, rps: float, p50: float) -> dict[str, Any]:
+    return {"route": route, "concurrency": concurrency, "throughput_rps": rps, "latency_ms": {"p50": p50}}
+
+
+SYNTHETIC_REPORT: dict[str, Any] = {
+    "meta": {"threads": 2, "model": "tiny"},
+    "limit": {"batch_sizes": {"1": {"seq_per_s": 150.0, "forward_ms_median": 6.5},
+                              "8": {"seq_per_s": 190.0, "forward_ms_median": 42.0}}},
+    "seed_way": {"seq_per_s": 60.0, "latency_ms_median": 16.5},
+    "backends": {"eager": {"status": "ok", "source": "limit", "batch_sizes": {}},
+                 "onnx": {"status": "ok",
+                          "batch_sizes": {"8": {"seq_per_s": 240.0, "forward_ms_median": 33.0}}}},
+    "server": {"phases": [_phase_entry("predictions", 32, 243.0, 131.0),
+                          _phase_entry("predictions", 1, 112.0, 8.2),
+                          _phase_entry("predictions", 8, 200.0, 39.0),
+                          _phase_entry("v1", 32, 236.0, 135.0)]},
+    "backend_servers": {"onnx": {"phases": [_phase_entry("predictions", 32, 302.0, 105.0)]},
+                        "openvino": {"error": "did not start"}},
+    "kserve_hf": {"phases": [_phase_entry("v1", 1, 125.0, 7.5), _phase_entry("v1", 32, 125.0, 255.0)]},
+}
+
+
+def test_curves_have_one_series_per_set_up_with_points_in_concurrency_order() -> None:
+    found = {s.label: s for s in curves(SYNTHETIC_REPORT)}
+    assert list(found) == ["predictor /predictions", "predictor v1", "predictor, backend onnx",
+                           "KServe HF runtime (re-created) v1", "seed's way (in process)",
+                           "eager forward (in process)", "onnx forward (in process)"]
+    assert found["predictor /predictions"].points == ((112.0, 8.2, "c=1"), (200.0, 39.0, "c=8"),
+                                                       (243.0, 131.0, "c=32"))
+    assert found["eager forward (in process)"].points == ((150.0, 6.5, "b1"), (190.0, 42.0, "b8"))
+    assert curves({"meta": {}, "server": {"phases": []}, "backend_servers": {"x": {"error": "e"}}}) == []
+
+
+def test_the_png_has_one_line_per_series(tmp_path: Path) -> None:
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    figure = draw(SYNTHETIC_REPORT)
+    try:
+        [axes] = figure.axes
+        lines = axes.get_lines()
+        assert [line.get_label() for line in lines] == [s.label for s in curves(SYNTHETIC_REPORT)]
+        assert [len(line.get_xdata()) for line in lines] == [3, 1, 1, 2, 1, 2, 1]
+        assert [t.get_text() for t in axes.get_legend().get_texts()] == [line.get_label() for line in lines]
+    finally:
+        plt.close(figure)
+    path = default_plot_path(tmp_path / "results.json")
+    assert path == tmp_path / "results.png"
+    drawn = plot(SYNTHETIC_REPORT, path)
+    assert len(drawn) == 7
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 500 and image.size[1] > 300
+    empty = tmp_path / "empty.png"
+    assert plot({"meta": {}}, empty) == [] and not empty.exists()
+
+
+def test_plot_flag_defaults_beside_the_json_report() -> None:
+    assert build_parser().parse_args(["--out", "r.json"]).plot is None  # main() puts it beside --out
+    assert build_parser().parse_args(["--plot", "c.png"]).plot == Path("c.png")
+    assert default_plot_path(None) is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,3 +232,48 @@ def test_publish_into_a_mount_point_moves_files_with_the_marker_last(
     assert demo_model_ready(out)
     assert sorted(moved) == sorted(SERVING_FILES)
     assert moved[-1] == METRICS_FILE
+
+
+# ---- serving the demo: the trainer stays out of the server ---------------------------------------------
+def test_serving_a_built_demo_never_imports_the_trainer(tmp_path: Path) -> None:
+    ready = _fake_build(tmp_path / "demo-model")
+    # `python -m predictor demo` up to the point where it serves (serve itself replaced by a probe).
+    program = ("import sys; from predictor.serving import cli, server; "
+               "cli.serve = lambda args: "
+               "print(sorted(m for m in sys.modules if m.startswith('predictor.demo'))) or 0; "
+               f"raise SystemExit(cli.main(['demo', '--model_dir', {str(ready)!r}]))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                            check=False, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['predictor.demo_files']"
+
+
+def test_a_missing_demo_is_built_in_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from predictor.serving import cli
+
+    out = tmp_path / "demo-model"
+    children: list[list[str]] = []
+    served: list[Path] = []
+
+    def child(command: list[str], check: bool = False) -> subprocess.CompletedProcess[str]:
+        children.append(command)
+        _fake_build(out)  # what `predictor demo-model OUT` leaves
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", child)
+    monkeypatch.setattr(cli, "serve", lambda args: served.append(Path(args.model_dir)) or 0)
+    args = cli.build_parser().parse_args(["demo", "--model_dir", str(out)])
+    assert cli.demo(args) == 0
+    assert children == [[sys.executable, "-m", "predictor", "demo-model", str(out)]]
+    assert served == [out]
+    # Built now: the next start serves at once.
+    assert cli.demo(args) == 0 and len(children) == 1 and served == [out, out]
+
+
+def test_a_failed_demo_build_is_not_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from predictor.serving import cli
+
+    monkeypatch.setattr(subprocess, "run",
+                        lambda command, check=False: subprocess.CompletedProcess(command, 3))
+    monkeypatch.setattr(cli, "serve", lambda args: pytest.fail("served a demo model that was never built"))
+    assert cli.demo(cli.build_parser().parse_args(["demo", "--model_dir", str(tmp_path / "absent")])) == 3

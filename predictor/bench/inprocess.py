@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import machine
+from predictor.bench import machine
 from predictor.config import ModelConfig, load_model_config
 
 Batch = dict[str, torch.Tensor]

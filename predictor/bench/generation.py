@@ -15,7 +15,7 @@ import httpx
 import torch
 import uvloop
 
-from benchmarks.corpus import spread
+from predictor.bench.corpus import spread
 from predictor.config import load_model_config
 
 

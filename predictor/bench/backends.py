@@ -74,7 +74,7 @@ def measure_variant(model_dir: str, config_path: str, variant: str, texts: Seque
     """Load through GeneralizedHandler with the variant's config and time its forward passes (child side)."""
     import torch
 
-    from benchmarks.inprocess import batch_rows, padded_batches, timed_loop
+    from predictor.bench.inprocess import batch_rows, padded_batches, timed_loop
     from predictor.handler import GeneralizedHandler
 
     torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ the runtime's encoder model for sequence classification, as its source does it â
 
 served by kserve's `ModelServer` with its defaults (torch threads = cores, libgomp's default
 spinning). Not a copy of its code: the behaviour that decides its throughput, written from reading
-it. Run as `python -m benchmarks.kserve_hf --model_name N --model_dir D --http_port P --grpc_port Q`.
+it. Run as `python -m predictor.bench.kserve_hf --model_name N --model_dir D --http_port P --grpc_port Q`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.server_process import ServerProcess
+from predictor.bench.server_process import ServerProcess
 
 
 class HuggingFaceRuntimeEncoder:
@@ -72,10 +72,10 @@ class KServeHFProcess(ServerProcess):
     ready_path_template = "/v1/models/{name}"
 
     def command(self) -> list[str]:
-        """`python -m benchmarks.kserve_hf ...`"""
+        """`python -m predictor.bench.kserve_hf ...`"""
         import sys
 
-        return [sys.executable, "-m", "benchmarks.kserve_hf", "--model_name", self.name,
+        return [sys.executable, "-m", "predictor.bench.kserve_hf", "--model_name", self.name,
                 "--model_dir", str(self.model_dir), "--http_port", str(self.http_port),
                 "--grpc_port", str(self.grpc_port)]
 

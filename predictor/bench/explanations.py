@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.corpus import spread
+from predictor.bench.corpus import spread
 
 QUESTIONS = ("What happened?", "Who is involved?", "Where did this take place?", "What was the result?",
              "Why does it matter?")

@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The directory holding the predictor package (a checkout or site-packages): servers start there, so
+# `python -m predictor` runs this very copy of it.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 # Label values may hold braces (route="/predictions/{model_name}"): match quoted strings whole.
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?\s+(\S+)')
 
@@ -150,8 +152,8 @@ class ServerProcess:
         """Start and wait for the readiness route to answer 200; the seconds that took. ServerError if not."""
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=self.environment(), stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), cwd=PACKAGE_PARENT, env=self.environment(),
+                                            stdout=log, stderr=subprocess.STDOUT)
         ready_url = self.base_url + self.ready_path_template.format(name=self.name)
         deadline = started + timeout_s
         with httpx.Client(timeout=2.0) as client:

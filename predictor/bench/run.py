@@ -1,10 +1,10 @@
 """Run the benchmark: the model's limit, the seed's way, the real server, backends, generation, explanations.
 
-    python -m benchmarks.run --quick                 # about two minutes, a smoke run
-    python -m benchmarks.run --out results.json      # the full run, several minutes
+    python -m predictor bench --quick                 # about two minutes, a smoke run
+    python -m predictor bench --out results.json      # the full run, several minutes
 
 Everything runs on this machine, on 127.0.0.1, one measurement at a time (never two at once on
-the same cores), on the same model and the same corpus texts; see benchmarks/README.md.
+the same cores), on the same model and the same corpus texts; see predictor/bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from predictor.bench import backends as backends_module
+from predictor.bench import machine
+from predictor.bench.corpus import describe, load_corpus, spread
+from predictor.bench.load import JSON, Request, closed_loop, run_phase
+from predictor.bench.models import ModelDirs, build_models
+from predictor.bench.plot import default_plot_path, plot
+from predictor.bench.report import derive, format_table
+from predictor.bench.server_process import ServerError, ServerProcess, batch_metrics
 
-from benchmarks import backends as backends_module  # noqa: E402
-from benchmarks import machine  # noqa: E402
-from benchmarks.corpus import describe, load_corpus, spread  # noqa: E402
-from benchmarks.load import JSON, Request, closed_loop, run_phase  # noqa: E402
-from benchmarks.models import ModelDirs, build_models  # noqa: E402
-from benchmarks.report import derive, format_table  # noqa: E402
-from benchmarks.server_process import ServerError, ServerProcess, batch_metrics  # noqa: E402
-
-logger = logging.getLogger("benchmarks")
+logger = logging.getLogger("predictor.bench")
 
 SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "soak", "server_variants",
             "neighbour", "backend_servers", "generation")
@@ -73,7 +71,7 @@ class Settings:
     skip_backends: tuple[str, ...] = ()
     explain_inputs: int = 5
     generation_s: float = 8.0
-    generation_rounds: int = 4  # in process and server alternate (benchmarks/generation.py)
+    generation_rounds: int = 4  # in process and server alternate (generation.py)
     max_new_tokens: int = 32
     stream_requests: int = 5
     soak_s: float = 300.0  # memory over a long load at the top concurrency
@@ -134,7 +132,7 @@ def available_cores() -> int:
 # ---- sections ---------------------------------------------------------------------------------
 def measure_limit(run: Run) -> dict[str, Any]:
     """The eager model alone, per batch size; plus one text tokenised and run alone."""
-    from benchmarks.inprocess import forward_sweep, side_by_side_sweep, single_request_ms
+    from predictor.bench.inprocess import forward_sweep, side_by_side_sweep, single_request_ms
 
     s = run.settings
     result = forward_sweep(run.classifier, run.texts, s.batch_sizes, s.inprocess_s, s.attempts)
@@ -148,14 +146,14 @@ def measure_limit(run: Run) -> dict[str, Any]:
 
 def measure_seed(run: Run) -> dict[str, Any]:
     """TorchServe's way: pad to max_length, one request per forward."""
-    from benchmarks.inprocess import seed_way
+    from predictor.bench.inprocess import seed_way
 
     return seed_way(run.classifier, run.texts, run.settings.inprocess_s, run.settings.attempts)
 
 
 def measure_backends(run: Run) -> dict[str, Any]:
     """Every backend the config offers, each in its own process; eager is the in-process limit."""
-    from benchmarks.inprocess import probabilities
+    from predictor.bench.inprocess import probabilities
 
     s = run.settings
     limit = run.report.get("limit") or {}
@@ -170,7 +168,7 @@ def measure_backends(run: Run) -> dict[str, Any]:
 
 def measure_explanations(run: Run) -> dict[str, Any]:
     """In-process explanation latency, ours vs the seed's, for both encoder modes."""
-    from benchmarks.explanations import measure_explanations as measure
+    from predictor.bench.explanations import measure_explanations as measure
 
     return measure(run.models.classifier, run.models.question_answering, run.texts,
                    run.settings.explain_inputs, run.workdir / "cache")
@@ -299,8 +297,8 @@ def measure_neighbour(run: Run) -> dict[str, Any]:
 
 
 def measure_kserve_hf(run: Run) -> dict[str, Any]:
-    """KServe's HuggingFace runtime (re-created: benchmarks/kserve_hf.py) on the same model and texts, v1."""
-    from benchmarks.kserve_hf import KServeHFProcess
+    """KServe's HuggingFace runtime (re-created: kserve_hf.py) on the same model and texts, v1."""
+    from predictor.bench.kserve_hf import KServeHFProcess
 
     s = run.settings
     requests = prediction_requests(run.texts, MODEL_NAME)["v1"]
@@ -342,7 +340,7 @@ def measure_soak(run: Run) -> dict[str, Any]:
 
 def measure_generation(run: Run) -> dict[str, Any]:
     """Tiny GPT-2: tokens/s in process and through the server at concurrency 1; streaming latency."""
-    from benchmarks import generation
+    from predictor.bench import generation
 
     s = run.settings
     prompts = generation.generation_prompts(run.texts, 8)
@@ -376,7 +374,7 @@ def run_benchmark(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
 def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[str, Any]:
     import torch
 
-    from benchmarks.inprocess import load_classifier
+    from predictor.bench.inprocess import load_classifier
 
     texts = load_corpus()
     run = Run(settings=settings, models=models, workdir=workdir, texts=texts)
@@ -429,9 +427,9 @@ def quiet_transformers() -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+        prog="python -m predictor.bench.run", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Sections: " + ", ".join(SECTIONS) + ". Figures are explained in benchmarks/README.md.")
+        epilog="Sections: " + ", ".join(SECTIONS) + ". Figures are explained in predictor/bench/README.md.")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (about two minutes)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds per server load phase (default: 20, --quick: 5)")
@@ -439,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inprocess-duration", type=float, default=None,
                         help="seconds per in-process figure (each batch size, each backend)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="draw latency-vs-throughput curves to this PNG (default: beside --out, as .png)")
     parser.add_argument("--model", choices=("auto", "random", "demo"), default="auto",
                         help="classifier: MiniLM with a seeded random head, or the demo model fine-tuned "
                              "locally (auto: demo for a full run when predictor.demo is present, random for "
@@ -501,6 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         logger.info("report written to %s", args.out)
+    if (plot_path := args.plot or default_plot_path(args.out)) is not None:
+        if drawn := plot(report, plot_path):
+            logger.info("curves of %d set-ups drawn to %s", len(drawn), plot_path)
+        else:
+            logger.info("no figures to draw: %s not written", plot_path)
     return 1 if report.get("errors") else 0
 
 

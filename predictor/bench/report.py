@@ -256,7 +256,7 @@ def _kserve_hf_lines(report: Mapping[str, Any]) -> list[str]:
     hf = report.get("kserve_hf")
     if not hf or "phases" not in hf:
         return []
-    lines = [f"KServe HuggingFace runtime, re-created (benchmarks/kserve_hf.py; startup "
+    lines = [f"KServe HuggingFace runtime, re-created (predictor/bench/kserve_hf.py; startup "
              f"{_fmt(hf.get('startup_s'), ' s')}): one request per forward pass, on the event loop"]
     return lines + [_phase_line(p) for p in hf["phases"]]
 
