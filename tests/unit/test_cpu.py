@@ -65,8 +65,8 @@ def test_short_spin_is_the_default_and_spins_then_sleeps() -> None:
         (16, {}, WorkerPlan(4, 4, 16, "default")),  # above 4 cores: workers of 4 threads
         (6, {}, WorkerPlan(2, 3, 6, "default")),
         (1, {}, WorkerPlan(1, 1, 1, "default")),
-        (8, {"workers": 2}, WorkerPlan(2, 4, 8, "requested")),  # minWorkers / --model_workers
-        (2, {"workers": 1}, WorkerPlan(1, 2, 2, "requested")),  # TorchServe's minWorkers: 1 as it was
+        (8, {"workers": 2}, WorkerPlan(2, 4, 8, "requested")),  # --model_workers
+        (2, {"workers": 1}, WorkerPlan(1, 2, 2, "requested")),  # --model_workers 1 (minWorkers no longer asks it)
         (3, {"workers": 8}, WorkerPlan(8, 1, 3, "requested")),  # more workers than cores: one thread each
         (8, {"threads": 2}, WorkerPlan(4, 2, 8, "2 thread(s) each")),  # --intra_op_threads alone
         (8, {"workers": 2, "threads": 1}, WorkerPlan(2, 1, 8, "requested")),
