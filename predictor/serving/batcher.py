@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from predictor.batching import BatchItem, next_pass
 from predictor.errors import (
     ClientGoneError,
     InferenceError,
@@ -27,17 +29,21 @@ from predictor.serving import metrics
 from predictor.serving.callers import current_caller
 from predictor.serving.cpu import LoneBatchThreads
 from predictor.serving.middleware import request_id_var
-from predictor.tasks import Instance, Prediction, StreamEnd
+from predictor.tasks import Encoded, Instance, Prediction, StreamEnd
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _END = object()
+# Queued inputs the dispatcher considers for the next pass, oldest first: planning stays cheap under a
+# deep queue, and a long-waiting input is never passed over for ever.
+_LOOKAHEAD = 64
 
 
 @dataclass
 class _Job:
-    instance: Instance
+    encoded: Encoded
+    item: BatchItem
     future: asyncio.Future[Prediction]
     request_id: str = "-"
     timing: metrics.RequestTiming | None = None
@@ -64,11 +70,14 @@ class InferenceQueue:
 
     def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float,
                  workers: int = 1, threads: int = 1, all_threads: int = 1,
-                 set_threads: Callable[[int], None] | None = None, stream_timeout_s: float = 600.0) -> None:
+                 set_threads: Callable[[int], None] | None = None, stream_timeout_s: float = 600.0,
+                 max_batch_tokens: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
         self.handler = handler
         self.batch_size = batch_size
+        # None: the handler's handler.max_batch_tokens, read once the model is loaded
+        self._max_batch_tokens = max_batch_tokens
         self.capacity = capacity
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
@@ -121,6 +130,13 @@ class InferenceQueue:
         if self.depth + count > self.capacity:
             raise OverloadedError(f"the inference queue is full ({self.depth} of {self.capacity} waiting)")
 
+    @property
+    def max_batch_tokens(self) -> int:
+        """Padded tokens one forward pass may hold (a longer single input runs alone)."""
+        if self._max_batch_tokens is None:
+            self._max_batch_tokens = self.handler.max_batch_tokens
+        return self._max_batch_tokens
+
     # ---- predictions ---------------------------------------------------------------------------
     async def predict(self, instances: Sequence[Instance],
                       timing: metrics.RequestTiming | None = None) -> list[Prediction]:
@@ -132,8 +148,9 @@ class InferenceQueue:
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
         request_id = request_id_var.get()
-        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), request_id, timing)
-                for instance in instances]
+        # Tokenised here, once, so that the dispatcher knows each input's size; bad input fails this request only.
+        encoded = self.handler.encode([_with_cancel(instance, cancel) for instance in instances])
+        jobs = [_Job(e, self.handler.batch_item(e), loop.create_future(), request_id, timing) for e in encoded]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -169,19 +186,24 @@ class InferenceQueue:
         self._free.release()
 
     def _next_batch(self, idle_workers: int) -> list[_Job]:
-        """Up to batch_size live jobs, and no more than this worker's share of the queue.
+        """The next forward pass: the oldest live job and the queued ones that pad well with it.
 
-        With the queue shared among the idle workers, forward passes stay small (on CPU the
-        fastest batches are small ones) and every worker gets some of a burst at once.
+        At most batch_size inputs (TorchServe's batchSize), at most max_batch_tokens padded tokens
+        (unless the oldest input alone is longer), and no more than this worker's share of the queue:
+        with the queue shared among the idle workers, passes stay small (on CPU the fastest batches
+        are small ones) and every worker gets some of a burst at once.
         """
+        while self._jobs and self._jobs[0].future.done():
+            self._jobs.popleft()  # answered meanwhile (timeout, client gone): never computed
+        live = [job for job in itertools.islice(self._jobs, _LOOKAHEAD) if not job.future.done()]
         share = min(self.batch_size, -(-len(self._jobs) // max(1, idle_workers)))
-        batch: list[_Job] = []
-        while self._jobs and len(batch) < share:
-            job = self._jobs.popleft()
-            if not job.future.done():
-                batch.append(job)
-                if job.timing is not None:
-                    job.timing.dequeued(job.enqueued_at)
+        chosen = next_pass([job.item for job in live], max(1, share), self.max_batch_tokens)
+        batch = [live[i] for i in chosen]
+        taken = {id(job) for job in batch}
+        self._jobs = deque(job for job in self._jobs if id(job) not in taken and not job.future.done())
+        for job in batch:
+            if job.timing is not None:
+                job.timing.dequeued(job.enqueued_at)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         return batch
 
@@ -223,12 +245,12 @@ class InferenceQueue:
             self._give_back_worker()
 
     async def _run_batch(self, batch: list[_Job], threads: int) -> None:
-        instances = [job.instance for job in batch]
+        encoded = [job.encoded for job in batch]
         try:
             if threads == self.threads:
-                results = await self._on_model_thread(self.handler.predict, instances)
+                results = await self._on_model_thread(self.handler.run, encoded)
             else:
-                results = await self._on_wide_thread(self.handler.predict, instances)
+                results = await self._on_wide_thread(self.handler.run, encoded)
         except PredictorError as exc:
             if len(batch) > 1:
                 # One input must not sink the others: answer each alone.
