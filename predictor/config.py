@@ -202,7 +202,7 @@ class HandlerConfig:
     aggregation_strategy: str = "simple"
     n_steps: int = 50
     internal_batch_size: int = 16
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # padded tokens per forward pass; batchSize caps the inputs
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # padded tokens per pass; batchSize caps the inputs
     max_explain_steps: int = 500
     dtype: str = "auto"
     device: str = "auto"

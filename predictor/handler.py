@@ -188,12 +188,12 @@ class GeneralizedHandler:
         return results
 
     def encode(self, instances: Sequence[Instance]) -> list[Encoded]:
-        """Tokenise instances, unpadded (one Encoded each); InvalidRequestError/PayloadTooLargeError for bad input."""
+        """Tokenise instances, unpadded, one Encoded each; InvalidRequestError (400/413) for bad input."""
         return self._call(self.state.task.encode, instances)  # type: ignore[no-any-return]
 
     @property
     def max_batch_tokens(self) -> int:
-        """handler.max_batch_tokens: padded tokens one forward pass may hold (a longer single input runs alone)."""
+        """handler.max_batch_tokens: padded tokens one forward pass may hold (a longer input runs alone)."""
         return self.state.config.handler.max_batch_tokens
 
     @staticmethod

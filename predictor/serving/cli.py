@@ -295,7 +295,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker_plan(args: argparse.Namespace, config: ModelConfig, cores: int) -> WorkerPlan:
-    """--model_workers (PREDICTOR_MODEL_WORKERS) forces a layout; minWorkers selects the default (fastest) plan.
+    """--model_workers (PREDICTOR_MODEL_WORKERS) forces a layout; minWorkers selects the default plan.
 
     TorchServe's minWorkers counts worker processes of the model, each a copy using every core; here
     one copy serves with every core busy whatever it says, so it must not pick a slower layout.
@@ -304,8 +304,9 @@ def worker_plan(args: argparse.Namespace, config: ModelConfig, cores: int) -> Wo
     from predictor.serving.cpu import plan_workers
 
     if config.min_workers is not None:
-        logger.info("minWorkers: %d read with TorchServe's meaning (worker processes of one model, each using "
-                    "every core): one copy of the model serves on every core; --model_workers forces a layout",
+        logger.info("minWorkers: %d read with TorchServe's meaning (worker processes of one model, each "
+                    "using every core): one copy of the model serves on every core with the default "
+                    "plan; --model_workers forces a layout",
                     config.min_workers)
     return plan_workers(cores, workers=args.model_workers, threads=args.intra_op_threads,
                         gpu=chooses_cuda(config.handler.device), compiled=config.compile.enable)

@@ -35,7 +35,8 @@ def test_a_burst_is_planned_once_under_the_cap_and_the_token_budget(
             ran.append([len(e.rows[0]["input_ids"]) for e in batch])
         return original_run(batch)
 
-    queue = InferenceQueue(handler, batch_size=3, capacity=64, timeout_s=60, workers=1, max_batch_tokens=budget)
+    queue = InferenceQueue(handler, batch_size=3, capacity=64, timeout_s=60, workers=1,
+                           max_batch_tokens=budget)
     previous, handler.observer = handler.observer, observe
     handler.run = run  # type: ignore[method-assign]
     try:

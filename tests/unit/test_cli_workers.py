@@ -24,7 +24,8 @@ def test_min_workers_selects_the_default_plan(min_workers: int, monkeypatch: pyt
         plan = worker_plan(args, config(minWorkers=min_workers), cores=2)
     assert plan == plan_workers(2)  # two one-thread workers on two cores, not one worker of two threads
     assert plan.workers == 2 and plan.reason == "default"
-    assert any("minWorkers" in r.getMessage() and "TorchServe's meaning" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("minWorkers" in m and "TorchServe's meaning" in m for m in messages), messages
 
 
 def test_model_workers_forces_a_layout(monkeypatch: pytest.MonkeyPatch) -> None:
