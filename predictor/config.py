@@ -162,6 +162,10 @@ class CompileConfig:
         )
 
 
+# Where MiniLM's forward passes on one thread stop gaining tokens/s (benchmarks/README.md, "Figures
+# behind the queue and the worker plan"): larger passes only add latency.
+DEFAULT_MAX_BATCH_TOKENS = 1024
+
 _HANDLER_KEYS = {
     # TorchServe's generalized handler
     "model_name", "mode", "do_lower_case", "num_labels", "save_mode", "max_length",
@@ -169,7 +173,7 @@ _HANDLER_KEYS = {
     # ours
     "serialized_file", "stream", "details", "top_k", "max_new_tokens", "max_new_tokens_limit",
     "doc_stride", "max_answer_length", "aggregation_strategy", "n_steps", "internal_batch_size",
-    "max_explain_steps", "dtype", "device", "trust_remote_code", "backend",
+    "max_explain_steps", "dtype", "device", "trust_remote_code", "backend", "max_batch_tokens",
 }  # fmt: skip
 
 
@@ -198,6 +202,7 @@ class HandlerConfig:
     aggregation_strategy: str = "simple"
     n_steps: int = 50
     internal_batch_size: int = 16
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # padded tokens per pass; batchSize caps the inputs
     max_explain_steps: int = 500
     dtype: str = "auto"
     device: str = "auto"
@@ -244,6 +249,7 @@ class HandlerConfig:
             ),
             n_steps=read.positive_int("n_steps", 50),
             internal_batch_size=read.positive_int("internal_batch_size", 16),
+            max_batch_tokens=read.positive_int("max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS),
             max_explain_steps=read.positive_int("max_explain_steps", 500),
             dtype=read.choice("dtype", "auto", _DTYPES),
             device=read.choice("device", "auto", _DEVICES),

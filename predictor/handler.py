@@ -172,19 +172,44 @@ class GeneralizedHandler:
             raise InvalidRequestError(f"cannot read the input: {type(exc).__name__}: {exc}") from exc
 
     def predict(self, instances: Sequence[Instance]) -> list[Prediction]:
-        """Exactly one prediction per instance, in order; length-aware sub-batches, OOM split and retried."""
-        task = self.state.task
+        """Exactly one prediction per instance, in order, for callers without the serving queue.
+
+        Plans forward passes as the queue does (plan_batches under batchSize and the token budget),
+        then runs each with run().
+        """
+        config = self.state.config  # ModelNotReadyError before load(), even for no instances
         if not instances:
             return []
-        encoded = self._call(task.encode, instances)
-        plan = plan_batches([BatchItem(e.length, len(e.rows)) for e in encoded],
-                            max_batch=max(1, self.state.config.batch_size))
+        encoded = self.encode(instances)
+        plan = plan_batches([self.batch_item(e) for e in encoded], max_batch=max(1, config.batch_size),
+                            max_tokens=self.max_batch_tokens)
         results: list[Prediction] = [None] * len(encoded)
         for group in plan.groups:
-            outputs = self._run_splitting([encoded[i] for i in group])
+            outputs = self.run([encoded[i] for i in group])
             for i, out in zip(group, outputs, strict=True):
                 results[i] = out
         return results
+
+    def encode(self, instances: Sequence[Instance]) -> list[Encoded]:
+        """Tokenise instances, unpadded, one Encoded each; InvalidRequestError (400/413) for bad input."""
+        return self._call(self.state.task.encode, instances)  # type: ignore[no-any-return]
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """handler.max_batch_tokens: padded tokens one forward pass may hold (a longer input runs alone)."""
+        return self.state.config.handler.max_batch_tokens
+
+    @staticmethod
+    def batch_item(encoded: Encoded) -> BatchItem:
+        """What one encoded input costs a forward pass: its rows (QA windows; a generation prompt is one row),
+        each padded to the longest row of the pass."""
+        return BatchItem(encoded.length, len(encoded.rows))
+
+    def run(self, batch: Sequence[Encoded]) -> list[Prediction]:
+        """One forward pass over exactly this batch (halved and retried on out-of-memory); one result each."""
+        if not batch:
+            return []
+        return self._run_splitting(list(batch))
 
     def _run_splitting(self, batch: list[Encoded]) -> list[Prediction]:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from predictor.batching import BatchItem, next_pass
 from predictor.errors import (
     ClientGoneError,
     InferenceError,
@@ -25,19 +27,23 @@ from predictor.errors import (
 from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics
 from predictor.serving.callers import current_caller
-from predictor.serving.cpu import LoneBatchThreads
+from predictor.serving.cpu import UncontendedThreadPolicy
 from predictor.serving.middleware import request_id_var
-from predictor.tasks import Instance, Prediction, StreamEnd
+from predictor.tasks import Encoded, Instance, Prediction, StreamEnd
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _END = object()
+# Queued inputs the dispatcher considers for the next pass, oldest first: planning stays cheap under a
+# deep queue, and a long-waiting input is never passed over for ever.
+_LOOKAHEAD = 64
 
 
 @dataclass
 class _Job:
-    instance: Instance
+    encoded: Encoded
+    item: BatchItem
     future: asyncio.Future[Prediction]
     request_id: str = "-"
     timing: metrics.RequestTiming | None = None
@@ -45,36 +51,39 @@ class _Job:
 
 
 class InferenceQueue:
-    """Gathers concurrent requests into forward passes of up to batch_size inputs.
+    """Gathers concurrent requests into forward passes; decides each pass once (see _next_batch).
 
-    A batch is dispatched as soon as a model worker is free: a lone request waits for nothing, and
-    requests that arrive while the workers are busy form the next batches. `workers` threads run
-    forward passes side by side on the one copy of the model (so the event loop keeps answering
-    probes), each on `threads` torch threads.
+    A batch is dispatched as soon as a model worker is free: a request that finds the server idle
+    waits for nothing, and requests that arrive while the workers are busy form the next batches.
+    `workers` threads run forward passes side by side on the one copy of the model (so the event loop
+    keeps answering probes), each on `threads` torch threads.
 
-    Work on every core (`all_threads`) runs on one more thread, the wide thread: explanations, and
-    a batch that runs alone (nothing else queued or computing) while that measures faster
-    (LoneBatchThreads). One thread, because libgomp throttles the spin of idle OpenMP threads to
-    100 rounds once a process has more of them than cores: a second team of every core (a worker
-    switching its count for a lone batch, or a separate explanation thread) made every team sleep
-    between parallel regions, and a lone MiniLM pass took 13 ms on two threads instead of 6.4
-    (and 10 on one). `set_threads` sets the torch threads of the calling thread; without it,
-    thread counts are left as they are and nothing runs on the wide thread but explanations.
+    Work on every core (`all_threads`) runs on one more thread, the all-cores thread: explanations,
+    and an uncontended batch (nothing else queued or computing) while that measures faster
+    (UncontendedThreadPolicy). One such thread, never a worker switching its count, because libgomp
+    makes idle OpenMP threads sleep between parallel regions once a process has more of them than
+    cores (benchmarks/README.md, "Figures behind the queue and the worker plan"). `set_threads` sets
+    the torch threads of the calling thread; without it, thread counts are left as they are and
+    nothing runs on the all-cores thread but explanations.
     """
 
     def __init__(self, handler: GeneralizedHandler, *, batch_size: int, capacity: int, timeout_s: float,
                  workers: int = 1, threads: int = 1, all_threads: int = 1,
-                 set_threads: Callable[[int], None] | None = None, stream_timeout_s: float = 600.0) -> None:
+                 set_threads: Callable[[int], None] | None = None, stream_timeout_s: float = 600.0,
+                 max_batch_tokens: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers: expected at least 1, got {workers}")
         self.handler = handler
         self.batch_size = batch_size
+        # None: the handler's handler.max_batch_tokens, read once the model is loaded
+        self._max_batch_tokens = max_batch_tokens
         self.capacity = capacity
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
         self.workers = workers
         self.threads = threads
-        self.lone_threads = LoneBatchThreads(threads, all_threads if set_threads is not None else threads)
+        self.uncontended_threads = UncontendedThreadPolicy(
+            threads, all_threads if set_threads is not None else threads)
         self._jobs: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -84,10 +93,11 @@ class InferenceQueue:
         self._model_threads = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="predictor-model",
             initializer=None if set_threads is None else functools.partial(set_threads, threads))
-        self._wide_thread = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="predictor-wide",
+        self._all_cores_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="predictor-all-cores",
             initializer=None if set_threads is None else functools.partial(set_threads, all_threads))
-        self._wide_jobs = 0  # submitted to the wide thread and not finished (read and written on the loop)
+        # Submitted to the all-cores thread and not finished (read and written on the loop).
+        self._all_cores_jobs = 0
         self._waiting_streams = 0  # admitted streams without a model worker yet
         self._explaining = 0  # admitted explanation inputs not finished
         # Work running on a thread -> when it last made progress (started, or streamed a chunk).
@@ -121,6 +131,13 @@ class InferenceQueue:
         if self.depth + count > self.capacity:
             raise OverloadedError(f"the inference queue is full ({self.depth} of {self.capacity} waiting)")
 
+    @property
+    def max_batch_tokens(self) -> int:
+        """Padded tokens one forward pass may hold (a longer single input runs alone)."""
+        if self._max_batch_tokens is None:
+            self._max_batch_tokens = self.handler.max_batch_tokens
+        return self._max_batch_tokens
+
     # ---- predictions ---------------------------------------------------------------------------
     async def predict(self, instances: Sequence[Instance],
                       timing: metrics.RequestTiming | None = None) -> list[Prediction]:
@@ -132,8 +149,11 @@ class InferenceQueue:
             self._dispatcher = loop.create_task(self._dispatch(), name="predictor-dispatcher")
         cancel = threading.Event()
         request_id = request_id_var.get()
-        jobs = [_Job(_with_cancel(instance, cancel), loop.create_future(), request_id, timing)
-                for instance in instances]
+        # Tokenised here, once, so that the dispatcher knows each input's size; bad input fails this
+        # request only.
+        encoded = self.handler.encode([_with_cancel(instance, cancel) for instance in instances])
+        jobs = [_Job(e, self.handler.batch_item(e), loop.create_future(), request_id, timing)
+                for e in encoded]
         self._jobs.extend(jobs)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         assert self._wakeup is not None
@@ -169,19 +189,24 @@ class InferenceQueue:
         self._free.release()
 
     def _next_batch(self, idle_workers: int) -> list[_Job]:
-        """Up to batch_size live jobs, and no more than this worker's share of the queue.
+        """The next forward pass: the oldest live job and the queued ones that pad well with it.
 
-        With the queue shared among the idle workers, forward passes stay small (on CPU the
-        fastest batches are small ones) and every worker gets some of a burst at once.
+        At most batch_size inputs (TorchServe's batchSize), at most max_batch_tokens padded tokens
+        (unless the oldest input alone is longer), and no more than this worker's share of the queue:
+        with the queue shared among the idle workers, passes stay small (on CPU the fastest batches
+        are small ones) and every worker gets some of a burst at once.
         """
+        while self._jobs and self._jobs[0].future.done():
+            self._jobs.popleft()  # answered meanwhile (timeout, client gone): never computed
+        live = [job for job in itertools.islice(self._jobs, _LOOKAHEAD) if not job.future.done()]
         share = min(self.batch_size, -(-len(self._jobs) // max(1, idle_workers)))
-        batch: list[_Job] = []
-        while self._jobs and len(batch) < share:
-            job = self._jobs.popleft()
-            if not job.future.done():
-                batch.append(job)
-                if job.timing is not None:
-                    job.timing.dequeued(job.enqueued_at)
+        chosen = next_pass([job.item for job in live], max(1, share), self.max_batch_tokens)
+        batch = [live[i] for i in chosen]
+        taken = {id(job) for job in batch}
+        self._jobs = deque(job for job in self._jobs if id(job) not in taken and not job.future.done())
+        for job in batch:
+            if job.timing is not None:
+                job.timing.dequeued(job.enqueued_at)
         metrics.QUEUE_DEPTH.set(len(self._jobs))
         return batch
 
@@ -196,18 +221,20 @@ class InferenceQueue:
                 if not batch:
                     self._give_back_worker()
                     break
-                alone = self._idle == self.workers - 1 and not self._jobs and not self._wide_jobs
-                threads = self.lone_threads.choose() if alone else self.threads
-                task = asyncio.get_running_loop().create_task(self._run_and_release(batch, threads, alone))
+                uncontended = (self._idle == self.workers - 1 and not self._jobs
+                               and not self._all_cores_jobs)
+                threads = self.uncontended_threads.choose() if uncontended else self.threads
+                task = asyncio.get_running_loop().create_task(
+                    self._run_and_release(batch, threads, uncontended))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
 
-    async def _run_and_release(self, batch: list[_Job], threads: int, alone: bool) -> None:
+    async def _run_and_release(self, batch: list[_Job], threads: int, uncontended: bool) -> None:
         started = time.perf_counter()
         try:
             await self._run_batch(batch, threads)
-            if alone:
-                self.lone_threads.record(threads, (time.perf_counter() - started) / len(batch))
+            if uncontended:
+                self.uncontended_threads.record(threads, (time.perf_counter() - started) / len(batch))
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a failure outside the handler's own errors: nobody waits for the timeout
@@ -223,12 +250,12 @@ class InferenceQueue:
             self._give_back_worker()
 
     async def _run_batch(self, batch: list[_Job], threads: int) -> None:
-        instances = [job.instance for job in batch]
+        encoded = [job.encoded for job in batch]
         try:
             if threads == self.threads:
-                results = await self._on_model_thread(self.handler.predict, instances)
+                results = await self._on_model_thread(self.handler.run, encoded)
             else:
-                results = await self._on_wide_thread(self.handler.predict, instances)
+                results = await self._on_all_cores_thread(self.handler.run, encoded)
         except PredictorError as exc:
             if len(batch) > 1:
                 # One input must not sink the others: answer each alone.
@@ -241,27 +268,28 @@ class InferenceQueue:
             _settle(job.future, result=result)
 
     async def _on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._tracked(asyncio.get_running_loop().run_in_executor(self._model_threads, fn, *args))
-
-    async def _on_wide_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn on the wide thread, counted in _wide_jobs until it has finished there, even when the
-        caller stops waiting (a timeout): a running explanation still keeps every core busy."""
         loop = asyncio.get_running_loop()
-        submitted = self._wide_thread.submit(fn, *args)
-        self._wide_jobs += 1  # after submit, which raises once the queue has shut down
-        submitted.add_done_callback(functools.partial(self._wide_job_done, loop))
-        return await self._tracked(asyncio.wrap_future(submitted))
+        return await self._watched_for_stalls(loop.run_in_executor(self._model_threads, fn, *args))
 
-    def _wide_job_done(self, loop: asyncio.AbstractEventLoop, _: object) -> None:
+    async def _on_all_cores_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn on the all-cores thread, counted in _all_cores_jobs until it has finished there, even when
+        the caller stops waiting (a timeout): a running explanation still keeps every core busy."""
+        loop = asyncio.get_running_loop()
+        submitted = self._all_cores_thread.submit(fn, *args)
+        self._all_cores_jobs += 1  # after submit, which raises once the queue has shut down
+        submitted.add_done_callback(functools.partial(self._all_cores_job_done, loop))
+        return await self._watched_for_stalls(asyncio.wrap_future(submitted))
+
+    def _all_cores_job_done(self, loop: asyncio.AbstractEventLoop, _: object) -> None:
         def count() -> None:
-            self._wide_jobs -= 1
+            self._all_cores_jobs -= 1
 
         try:
             loop.call_soon_threadsafe(count)
         except RuntimeError:  # the loop has closed (an abandoned explanation finished after shutdown)
             pass
 
-    async def _tracked(self, work: Awaitable[T], token: object | None = None) -> T:
+    async def _watched_for_stalls(self, work: Awaitable[T], token: object | None = None) -> T:
         """Await work on a thread, counted as running for `wedged` meanwhile (progress under `token`)."""
         token = object() if token is None else token
         self._busy_since[token] = time.monotonic()
@@ -273,7 +301,7 @@ class InferenceQueue:
     # ---- explanations and streams --------------------------------------------------------------
     async def explain(self, instances: Sequence[Instance],
                       timing: metrics.RequestTiming | None = None) -> list[Any]:
-        """Explanations, one at a time on the wide thread, under the same bound and timeout."""
+        """Explanations, one at a time on the all-cores thread, under the same bound and timeout."""
         self._admit(len(instances))
         enqueued_at = time.perf_counter()
         self._explaining += len(instances)
@@ -285,14 +313,14 @@ class InferenceQueue:
                 timing.dequeued(enqueued_at)
             return [self.handler.explain(i) for i in cancellable]
 
-        work = asyncio.ensure_future(self._on_wide_thread(explain_all))
+        work = asyncio.ensure_future(self._on_all_cores_thread(explain_all))
         work.add_done_callback(_retrieve)  # its failure after a timeout is nobody's answer
         _on_caller_leave(lambda: (cancel.set(), work.cancel()))
         try:
             return await asyncio.wait_for(asyncio.shield(work), self.timeout_s)
         except asyncio.TimeoutError as exc:
             cancel.set()  # stops the running explanation at its next forward pass
-            work.cancel()  # and one still queued for the wide thread never starts
+            work.cancel()  # and one still queued for the all-cores thread never starts
             raise InferenceTimeoutError(f"no explanation within responseTimeout ({self.timeout_s:g}s)") from exc
         except asyncio.CancelledError:
             gone = cancel.is_set()  # set by the caller leaving, not by a cancelled task (gRPC cancel)
@@ -371,7 +399,7 @@ class InferenceQueue:
                 timing.dequeued(enqueued_at)
             deadline = loop.call_later(self.stream_timeout_s, end_stream)
             try:
-                await self._tracked(loop.run_in_executor(self._model_threads, produce), progress)
+                await self._watched_for_stalls(loop.run_in_executor(self._model_threads, produce), progress)
             finally:
                 deadline.cancel()
                 self._give_back_worker()
@@ -397,7 +425,7 @@ class InferenceQueue:
     def shutdown(self) -> None:
         """Stop the worker threads once the queue is empty."""
         self._model_threads.shutdown(wait=False, cancel_futures=False)
-        self._wide_thread.shutdown(wait=False, cancel_futures=False)
+        self._all_cores_thread.shutdown(wait=False, cancel_futures=False)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -9,8 +9,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from predictor import artifacts
+
+if TYPE_CHECKING:
+    from predictor.config import ModelConfig
+    from predictor.serving.cpu import WorkerPlan
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +108,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                              "requests still arriving are answered; part of --grace_period (default: %(default)s)")
     parser.add_argument("--model_workers", type=_positive_int, default=os.environ.get("PREDICTOR_MODEL_WORKERS"),
                         help="forward passes run side by side, sharing one copy of the weights (default: "
-                             "minWorkers of model-config.yaml if set, else one per core up to 4 cores, "
-                             "then one per 4 cores; one on a GPU or with pt2.compile)")
+                             "one per core up to 4 cores, then one per 4 cores; one on a GPU or with "
+                             "pt2.compile). minWorkers of model-config.yaml keeps TorchServe's meaning "
+                             "(worker processes, each using every core) and selects this default")
     parser.add_argument("--intra_op_threads", type=_positive_int, default=None,
                         help="torch threads of each forward pass (default: the container's CPU limit "
                              "shared among the model workers)")
@@ -234,11 +240,10 @@ def serve(args: argparse.Namespace) -> int:
     import kserve.model_server
 
     from predictor.config import TaskName
-    from predictor.devices import chooses_cuda
     from predictor.errors import ConfigError
     from predictor.handler import GeneralizedHandler
     from predictor.serving.auth import load_keys
-    from predictor.serving.cpu import available_cores, configure_threads, plan_workers
+    from predictor.serving.cpu import available_cores, configure_threads
     from predictor.serving.kserve_model import TransformersModel
     from predictor.serving.server import PredictorServer, ServeOptions
 
@@ -263,9 +268,7 @@ def serve(args: argparse.Namespace) -> int:
     logger.info("token authorization: %s", "on" if keys is not None else "off")
     config = resolved.config
     mode = config.handler.mode
-    plan = plan_workers(available_cores(), workers=args.model_workers or config.min_workers,
-                        threads=args.intra_op_threads, gpu=chooses_cuda(config.handler.device),
-                        compiled=config.compile.enable)
+    plan = worker_plan(args, config, available_cores())
     configure_threads(plan)
     handler = GeneralizedHandler(model_dir, config_path=config_path, version=args.model_version,
                                  cache_dir=cache_dir, archive_limits=archive_limits, resolved=resolved)
@@ -284,6 +287,24 @@ def serve(args: argparse.Namespace) -> int:
                            keys=keys, max_body_bytes=config.limits.max_body_bytes,
                            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()))
     return PredictorServer(model, options).run(kserve.model_server.app, generation)
+
+
+def worker_plan(args: argparse.Namespace, config: ModelConfig, cores: int) -> WorkerPlan:
+    """--model_workers (PREDICTOR_MODEL_WORKERS) forces a layout; minWorkers selects the default plan.
+
+    TorchServe's minWorkers counts worker processes of the model, each a copy using every core; here
+    one copy serves with every core busy whatever it says, so it must not pick a slower layout.
+    """
+    from predictor.devices import chooses_cuda
+    from predictor.serving.cpu import plan_workers
+
+    if config.min_workers is not None:
+        logger.info("minWorkers: %d read with TorchServe's meaning (worker processes of one model, each "
+                    "using every core): one copy of the model serves on every core with the default "
+                    "plan; --model_workers forces a layout",
+                    config.min_workers)
+    return plan_workers(cores, workers=args.model_workers, threads=args.intra_op_threads,
+                        gpu=chooses_cuda(config.handler.device), compiled=config.compile.enable)
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ class WorkerPlan:
 
     workers: int
     threads: int  # intra-op threads of each model worker
-    wide_threads: int  # of the wide thread (explanations, lone batches): every usable core
+    all_cores_threads: int  # of the all-cores thread (explanations, uncontended batches): every usable core
     reason: str
 
 
@@ -51,15 +51,13 @@ def plan_workers(cores: int, *, workers: int | None = None, threads: int | None 
                  compiled: bool = False) -> WorkerPlan:
     """Model workers (threads sharing one copy of the weights) and the torch threads of each.
 
-    Measured on MiniLM on 2 cores (benchmarks/): two workers of one thread each compute 197 to 207
-    sequences/s at batch 1 to 2, one worker of two threads 125 to 157 (97 to 125 when its idle
-    thread sleeps at once, as a shared container needs), because the threads of one forward pass
-    wait for each other at every operation and one-thread passes never do. A lone request may
-    still run on every core, on the queue's wide thread (LoneBatchThreads). So by default every
-    core runs its own forward pass up to 4 cores; above that, workers of 4 threads (not measured
-    here: a bound on how slow a lone request on a big machine may get). A GPU or a torch.compile'd
-    model gets one worker (GPU kernels queue on one stream anyway; compiled graphs are not called
-    from several threads at once).
+    By default every core runs its own forward pass, up to 4 cores; above that, workers of 4 threads
+    (a bound on how slow an uncontended request on a big machine may get). On CPU, one-thread passes
+    side by side beat one pass on every core, whose threads wait for each other at every operation
+    (benchmarks/README.md, "Figures behind the queue and the worker plan"); an uncontended request
+    may still use every core, on the queue's all-cores thread (UncontendedThreadPolicy). A GPU or a
+    torch.compile'd model gets one worker (GPU kernels queue on one stream anyway; compiled graphs
+    are not called from several threads at once).
     """
     if gpu or compiled:
         return WorkerPlan(1, threads or cores, threads or cores, "GPU" if gpu else "torch.compile")
@@ -81,17 +79,13 @@ SHORT_SPIN_COUNT = "10000"
 def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | None = None) -> None:
     """How PyTorch's idle OpenMP threads wait; must run before torch is imported. Variables already set win.
 
-    OpenMP teams exist only where a pass runs on several threads: the wide thread (a lone request
-    on every core, explanations) and workers of several threads on big machines. libgomp spins at
-    most 100 rounds, whatever is set here, once the process has more OpenMP threads than cores.
-    short-spin (default): they spin 10,000 rounds (tens of microseconds: the gaps between the
-    parallel regions of one forward pass), then sleep. passive: they sleep at once, and every parallel
-    region pays a wake-up, so a lone request is faster on one thread than on two.
-    Measured on 2 cores (benchmarks/, MiniLM, two workers): concurrency 1 p50 9.2 ms with short-spin,
-    11.8 ms with passive; concurrency 32 the same (188 req/s). With one busy process on the same cores:
-    12.8 ms and 123 req/s against 12.4 ms and 116, because lone batches then measure faster on one
-    thread and stop forming teams. (Before the workers and that measurement, spinning collapsed under
-    a neighbour: 42 ms and 48 req/s against 14 and 96; that is why passive remains on offer.)
+    OpenMP teams exist only where a pass runs on several threads: the all-cores thread (an
+    uncontended request on every core, explanations) and workers of several threads on big machines.
+    short-spin (default): they spin 10,000 rounds (the gaps between the parallel regions of one
+    forward pass), then sleep. passive: they sleep at once and every parallel region pays a wake-up;
+    it stays on offer for nodes where spinning loses to a busy neighbour. libgomp spins at most 100
+    rounds, whatever is set here, once the process has more OpenMP threads than cores. The
+    measurements are in benchmarks/README.md, "Figures behind the queue and the worker plan".
     """
     env = os.environ if environ is None else environ
     if policy not in OPENMP_WAITS:
@@ -101,19 +95,18 @@ def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | 
         env.setdefault("GOMP_SPINCOUNT", SHORT_SPIN_COUNT)  # libgomp obeys it over OMP_WAIT_POLICY
 
 
-class LoneBatchThreads:
-    """Torch threads for a batch that runs alone: every core, or the worker's own share, whichever is faster.
+class UncontendedThreadPolicy:
+    """Torch threads for an uncontended batch (nothing else queued or computing): every core, or the
+    worker's own share, whichever measures faster.
 
-    When the other workers are idle, a lone request may use every core (on the queue's wide
-    thread, the only one whose OpenMP team spans every core). That pays when idle OpenMP threads
-    spin briefly (--openmp_wait short-spin: MiniLM 6.4 ms instead of 9.7 on one thread) and loses
-    when they sleep at once (13 ms), or when another process keeps a core busy (every barrier of
-    the pass then waits for a descheduled thread). So it is measured, not assumed, in trials: the
-    next `trial` lone batches alternate between the two counts (so both meet the same texts and the
-    same neighbours), the count with the lower median time per input wins, and it is used for the
-    next `keep` lone batches. A new trial starts early when the winner's last `trial / 2` batches
-    take `slower` times its trial median: a neighbour arrived. Medians, because request lengths
-    vary more than the two counts differ; a running average of single batches flip-flopped.
+    Every core (on the queue's all-cores thread, the only one whose OpenMP team spans every core)
+    pays when idle OpenMP threads spin briefly and loses when they sleep at once, or when another
+    process keeps a core busy (every barrier of the pass then waits for a descheduled thread). So it
+    is measured, not assumed, in trials: the next `trial` uncontended batches alternate between the
+    two counts (so both meet the same texts and the same neighbours), the count with the lower median
+    time per input wins, and it is used for the next `keep` uncontended batches. A new trial starts
+    early when the winner's last `trial / 2` batches take `slower` times its trial median: a
+    neighbour arrived. Medians, because request lengths vary more than the two counts differ.
     """
 
     def __init__(self, own: int, every: int, *, trial: int = 32, keep: int = 512, slower: float = 1.5) -> None:
@@ -135,7 +128,7 @@ class LoneBatchThreads:
         return self._kept <= 0
 
     def choose(self) -> int:
-        """The thread count for the next lone batch."""
+        """The thread count for the next uncontended batch."""
         if self.every <= self.own:
             return self.own
         if not self.in_trial:
@@ -145,7 +138,7 @@ class LoneBatchThreads:
         return self.own if self._trial_choices % 2 else self.every
 
     def record(self, threads: int, seconds_per_input: float) -> None:
-        """What a lone batch on `threads` threads took."""
+        """What an uncontended batch on `threads` threads took."""
         if self.every <= self.own:
             return
         if not self.in_trial:
@@ -192,8 +185,9 @@ def configure_threads(plan: WorkerPlan) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or parallel work has started
         pass
-    logger.info("model workers: %d of %d torch thread(s) each (%s), wide thread %d (explanations, lone batches)",
-                plan.workers, plan.threads, plan.reason, plan.wide_threads)
+    logger.info("model workers: %d of %d torch thread(s) each (%s), all-cores thread of %d "
+                "(explanations, uncontended batches)",
+                plan.workers, plan.threads, plan.reason, plan.all_cores_threads)
 
 
 def openmp_waiting(environ: MutableMapping[str, str] | None = None) -> str:

@@ -85,7 +85,7 @@ class TransformersModel(kserve.Model):
                 self.queue = InferenceQueue(self.handler, batch_size=config.batch_size,
                                             capacity=config.job_queue_size, timeout_s=config.response_timeout_s,
                                             workers=plan.workers, threads=plan.threads,
-                                            all_threads=plan.wide_threads, set_threads=set_torch_threads,
+                                            all_threads=plan.all_cores_threads, set_threads=set_torch_threads,
                                             stream_timeout_s=config.limits.max_stream_seconds)
                 self.handler.observer = metrics.observe_batch
                 freeze_loaded_objects()

@@ -24,14 +24,19 @@ INFERENCE_SECONDS = Histogram(
     "predictor_inference_seconds", "Time of one forward pass (or generate call)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
+BATCH_TOKENS = Histogram(
+    "predictor_batch_padded_tokens", "Padded tokens per forward pass (handler.max_batch_tokens bounds them)",
+    buckets=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+)
 REAL_TOKENS = Counter("predictor_real_tokens_total", "Tokens of the inputs themselves")
 PADDED_TOKENS = Counter("predictor_padded_tokens_total", "Tokens computed, padding included")
 READY = Gauge("predictor_model_ready", "1 when the model is loaded and inference is not wedged")
 
 
 def observe_batch(size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
-    """handler.BatchObserver feeding the batch metrics."""
+    """handler.BatchObserver feeding the batch metrics: one call per forward pass that ran."""
     BATCH_SIZE.observe(size)
+    BATCH_TOKENS.observe(padded_tokens)
     INFERENCE_SECONDS.observe(seconds)
     REAL_TOKENS.inc(real_tokens)
     PADDED_TOKENS.inc(padded_tokens)

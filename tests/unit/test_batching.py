@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from predictor.batching import FORWARD_OVERHEAD_TOKENS, BatchItem, BatchPlan, plan_batches
+from predictor.batching import FORWARD_OVERHEAD_TOKENS, BatchItem, BatchPlan, next_pass, plan_batches
 
 items_st = st.lists(
     st.builds(BatchItem, length=st.integers(1, 600), rows=st.integers(1, 6)), min_size=0, max_size=60
@@ -106,3 +106,40 @@ def test_max_batch_bounds_equal_items(max_batch: int) -> None:
     plan = plan_batches([BatchItem(4), BatchItem(4), BatchItem(4)], max_batch=max_batch)
     assert all(len(g) <= max_batch for g in plan.groups)
     assert sorted(i for g in plan.groups for i in g) == [0, 1, 2]
+
+
+# ---- the token budget per forward pass -------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(items=items_st, max_batch=st.integers(1, 16), budget=st.integers(1, 2000))
+def test_the_token_budget_and_the_cap_hold_and_every_input_runs_once(
+    items: list[BatchItem], max_batch: int, budget: int
+) -> None:
+    plan = plan_batches(items, max_batch, max_tokens=budget)
+    assert sorted(i for g in plan.groups for i in g) == list(range(len(items)))
+    for group in plan.groups:
+        assert 1 <= len(group) <= max_batch
+        assert len(group) == 1 or group_cost(items, group) <= budget  # over budget only alone
+
+
+def test_a_long_input_runs_alone_and_short_ones_fill_passes() -> None:
+    items = [BatchItem(10)] * 6 + [BatchItem(300)] + [BatchItem(12)] * 6
+    plan = plan_batches(items, max_batch=8, max_tokens=64)
+    assert [6] in plan.groups  # 300 tokens: over the budget, so alone
+    short = [g for g in plan.groups if 6 not in g]
+    assert [len(g) for g in short] == [6, 5, 1]  # 6 x 10 and 5 x 12 tokens: as many as 64 hold
+    assert all(group_cost(items, g) <= 64 for g in short)
+
+
+def test_qa_windows_count_against_the_budget() -> None:
+    items = [BatchItem(100, rows=4), BatchItem(100, rows=4), BatchItem(100)]
+    assert plan_batches(items, max_batch=8, max_tokens=800).groups == [[0, 1], [2]]
+    assert plan_batches(items, max_batch=8, max_tokens=900).groups == [[0, 1, 2]]
+
+
+def test_next_pass_takes_the_oldest_input_and_those_that_pad_well_with_it() -> None:
+    items = [BatchItem(300), BatchItem(10), BatchItem(290), BatchItem(11), BatchItem(295)]
+    assert next_pass(items, max_batch=8, max_tokens=1024) == [0, 2, 4]
+    assert next_pass(items, max_batch=2, max_tokens=1024) == [0]  # the plan pairs 290 with 295
+    assert next_pass(items, max_batch=8, max_tokens=500) == [0]
+    assert next_pass(items[1:], max_batch=8, max_tokens=1024) == [0, 2]
+    assert next_pass([], max_batch=8) == []

@@ -11,7 +11,7 @@ import pytest
 
 from predictor.serving.cpu import (
     SHORT_SPIN_COUNT,
-    LoneBatchThreads,
+    UncontendedThreadPolicy,
     WorkerPlan,
     cgroup_cpu_limit,
     openmp_wait,
@@ -65,8 +65,8 @@ def test_short_spin_is_the_default_and_spins_then_sleeps() -> None:
         (16, {}, WorkerPlan(4, 4, 16, "default")),  # above 4 cores: workers of 4 threads
         (6, {}, WorkerPlan(2, 3, 6, "default")),
         (1, {}, WorkerPlan(1, 1, 1, "default")),
-        (8, {"workers": 2}, WorkerPlan(2, 4, 8, "requested")),  # minWorkers / --model_workers
-        (2, {"workers": 1}, WorkerPlan(1, 2, 2, "requested")),  # TorchServe's minWorkers: 1 as it was
+        (8, {"workers": 2}, WorkerPlan(2, 4, 8, "requested")),  # --model_workers
+        (2, {"workers": 1}, WorkerPlan(1, 2, 2, "requested")),  # --model_workers 1, never minWorkers
         (3, {"workers": 8}, WorkerPlan(8, 1, 3, "requested")),  # more workers than cores: one thread each
         (8, {"threads": 2}, WorkerPlan(4, 2, 8, "2 thread(s) each")),  # --intra_op_threads alone
         (8, {"workers": 2, "threads": 1}, WorkerPlan(2, 1, 8, "requested")),
@@ -78,56 +78,56 @@ def test_worker_plan(cores: int, kwargs: dict[str, object], expected: WorkerPlan
     assert plan_workers(cores, **kwargs) == expected  # type: ignore[arg-type]
 
 
-def run_trial(lone: LoneBatchThreads, seconds: dict[int, list[float]]) -> None:
+def run_trial(policy: UncontendedThreadPolicy, seconds: dict[int, list[float]]) -> None:
     """Answer the chooser's trial picks with these times (round-robin per count)."""
     used = {t: 0 for t in seconds}
-    while lone.in_trial:
-        threads = lone.choose()
-        lone.record(threads, seconds[threads][used[threads] % len(seconds[threads])])
+    while policy.in_trial:
+        threads = policy.choose()
+        policy.record(threads, seconds[threads][used[threads] % len(seconds[threads])])
         used[threads] += 1
 
 
 def test_a_trial_alternates_both_counts_then_the_faster_is_kept() -> None:
-    lone = LoneBatchThreads(own=1, every=2, trial=8, keep=20)
-    picks = [lone.choose() for _ in range(4)]
+    policy = UncontendedThreadPolicy(own=1, every=2, trial=8, keep=20)
+    picks = [policy.choose() for _ in range(4)]
     assert picks == [1, 2, 1, 2]  # alternating: both meet the same texts and the same neighbours
     for threads in picks:
-        lone.record(threads, {1: 0.008, 2: 0.006}[threads])
-    run_trial(lone, {1: [0.008], 2: [0.006]})
-    assert lone.medians == {1: 0.008, 2: 0.006} and lone.choice == 2
-    assert [lone.choose() for _ in range(20)] == [2] * 20
-    assert lone.in_trial  # and then it compares again
+        policy.record(threads, {1: 0.008, 2: 0.006}[threads])
+    run_trial(policy, {1: [0.008], 2: [0.006]})
+    assert policy.medians == {1: 0.008, 2: 0.006} and policy.choice == 2
+    assert [policy.choose() for _ in range(20)] == [2] * 20
+    assert policy.in_trial  # and then it compares again
 
 
 def test_the_median_decides_not_one_long_request() -> None:
-    lone = LoneBatchThreads(own=1, every=2, trial=8)
+    policy = UncontendedThreadPolicy(own=1, every=2, trial=8)
     # Two threads are faster on most texts; one very long text on two threads does not change that.
-    run_trial(lone, {1: [0.008, 0.009, 0.008, 0.010], 2: [0.006, 0.050, 0.006, 0.007]})
-    assert lone.choice == 2
+    run_trial(policy, {1: [0.008, 0.009, 0.008, 0.010], 2: [0.006, 0.050, 0.006, 0.007]})
+    assert policy.choice == 2
 
 
 def test_a_neighbour_ends_the_keep_early_and_one_thread_wins() -> None:
-    lone = LoneBatchThreads(own=1, every=2, trial=8, keep=1000)
-    run_trial(lone, {1: [0.008], 2: [0.006]})
-    assert lone.choice == 2
+    policy = UncontendedThreadPolicy(own=1, every=2, trial=8, keep=1000)
+    run_trial(policy, {1: [0.008], 2: [0.006]})
+    assert policy.choice == 2
     for _ in range(3):  # a busy process arrived: the two-thread team waits at every barrier
-        lone.record(lone.choose(), 0.040)
-    assert not lone.in_trial  # a few slow batches could be long texts
-    lone.record(lone.choose(), 0.040)
-    assert lone.in_trial  # four in a row: the median of the last half-trial is far above the winning one
-    run_trial(lone, {1: [0.012], 2: [0.040]})
-    assert lone.choice == 1
+        policy.record(policy.choose(), 0.040)
+    assert not policy.in_trial  # a few slow batches could be long texts
+    policy.record(policy.choose(), 0.040)
+    assert policy.in_trial  # four in a row: the median of the last half-trial is far above the winning one
+    run_trial(policy, {1: [0.012], 2: [0.040]})
+    assert policy.choice == 1
 
 
 def test_passive_waiting_makes_one_thread_win() -> None:
-    lone = LoneBatchThreads(own=1, every=2, trial=8)
-    run_trial(lone, {1: [0.0083], 2: [0.0097]})  # measured: sleeping helpers cost more than they give
-    assert lone.choice == 1
+    policy = UncontendedThreadPolicy(own=1, every=2, trial=8)
+    run_trial(policy, {1: [0.0083], 2: [0.0097]})  # measured: sleeping helpers cost more than they give
+    assert policy.choice == 1
 
 
 def test_one_count_is_no_choice() -> None:
-    lone = LoneBatchThreads(own=2, every=2)
-    assert {lone.choose() for _ in range(10)} == {2}
+    policy = UncontendedThreadPolicy(own=2, every=2)
+    assert {policy.choose() for _ in range(10)} == {2}
 
 
 def test_variables_the_operator_set_win() -> None:

@@ -1,6 +1,6 @@
 """Model workers: forward passes side by side on one copy of the weights, a burst shared among them,
-the same answers as one worker, and a lone batch's thread count chosen by measurement (every core on
-the wide thread, the one that also runs explanations)."""
+the same answers as one worker, and an uncontended batch's thread count chosen by measurement (every
+core on the all-cores thread, the one that also runs explanations)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def _close(got: list[Any], want: list[Any]) -> bool:
     return strip(got) == strip(want)
 
 
-def test_lone_batches_try_every_core_on_the_wide_thread(handlers: dict[str, GeneralizedHandler]) -> None:
+def test_uncontended_batches_try_every_core_on_the_all_cores_thread(
+        handlers: dict[str, GeneralizedHandler]) -> None:
     handler = handlers["sequence_classification"]
     calls: list[tuple[str, int]] = []
 
@@ -118,15 +119,18 @@ def test_lone_batches_try_every_core_on_the_wide_thread(handlers: dict[str, Gene
     finally:
         queue.shutdown()
         torch.set_num_threads(before)
-    # Thread counts are set once per thread, never switched: workers on their share, the wide thread on every core.
-    assert all(threads == (2 if name.startswith("predictor-wide") else 1) for name, threads in calls), calls
+    # Thread counts are set once per thread, never switched: workers on their share, the all-cores
+    # thread on every core.
+    assert all(threads == (2 if name.startswith("predictor-all-cores") else 1)
+               for name, threads in calls), calls
     assert len(calls) == len({name for name, _ in calls}), calls
-    # Six lone batches of a trial alternate one thread and every core: three ran on the wide thread.
+    # Six uncontended batches of a trial alternate one thread and every core: three ran on the
+    # all-cores thread.
     ran_on = [name.rsplit("_", 1)[0] for name, *_ in passes]
-    assert ran_on.count("predictor-wide") == 3 and ran_on.count("predictor-model") == 3, ran_on
+    assert ran_on.count("predictor-all-cores") == 3 and ran_on.count("predictor-model") == 3, ran_on
 
 
-def test_lone_batches_stay_on_a_worker_while_an_explanation_holds_the_wide_thread(
+def test_uncontended_batches_stay_on_a_worker_while_an_explanation_holds_the_all_cores_thread(
         handlers: dict[str, GeneralizedHandler]) -> None:
     handler = handlers["sequence_classification"]
     queue = InferenceQueue(handler, batch_size=4, capacity=64, timeout_s=60, workers=2, threads=1,
@@ -159,7 +163,8 @@ def test_lone_batches_stay_on_a_worker_while_an_explanation_holds_the_wide_threa
         queue.shutdown()
         torch.set_num_threads(before)
     assert explanation == ["explained"] and len(answers) == 4
-    # Not alone: every prediction ran on a worker; none waited behind the explanation on the wide thread.
+    # Not uncontended: every prediction ran on a worker; none waited behind the explanation on the
+    # all-cores thread.
     assert [name.rsplit("_", 1)[0] for name, *_ in passes] == ["predictor-model"] * 4, passes
 
 
@@ -184,7 +189,7 @@ def test_an_explanation_that_outlives_its_loop_finishes_quietly(handlers: dict[s
     try:
         with pytest.raises(InferenceTimeoutError):
             asyncio.run(queue.explain([handler.parse("abandoned")]))
-        release.set()  # finishes on the wide thread after its event loop has closed
+        release.set()  # finishes on the all-cores thread after its event loop has closed
         assert finished.wait(30)
         time.sleep(0.1)  # the done callback runs right after
     finally:
