@@ -39,8 +39,10 @@ _PROBE_TEXTS = (
     " ".join(["Marie Curie was born in Warsaw and won two Nobel prizes in Paris."] * 12),
 )
 _PROBE_QUESTION = "Who wrote the first program?"
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PROBE_MAX_TOKENS = 128  # timing at the longest inputs of a 512-token model would dominate load time
-_ENCODER_MODES = (TaskName.SEQUENCE_CLASSIFICATION, TaskName.TOKEN_CLASSIFICATION, TaskName.QUESTION_ANSWERING)
+_ENCODER_MODES = (TaskName.SEQUENCE_CLASSIFICATION, TaskName.TOKEN_CLASSIFICATION,
+                  TaskName.QUESTION_ANSWERING)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def probe_batches(tokenizer: Any, mode: TaskName, max_length: int) -> list[dict[
         pair = ([_PROBE_QUESTION] * len(texts), texts) if mode is TaskName.QUESTION_ANSWERING else (texts,)
         encoded = tokenizer(*pair, truncation=True, max_length=length, padding=True, padding_side="right",
                             return_tensors="pt")
-        batches.append({k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        batches.append({k: v for k, v in encoded.items() if k in _MODEL_INPUTS})
     return batches
 
 
@@ -184,7 +186,8 @@ def run_trials(runner: Any, built: Mapping[str, Any], failures: Mapping[str, str
             agrees, diff = compare(reference, _run_all(candidate, batches), batches, mode)
             trials.append(Trial(name, agrees=agrees, max_prob_diff=diff, ms=time_ms(candidate, batches)))
         except Exception as exc:  # a runtime that builds but cannot run these shapes is skipped, not fatal
-            logger.warning("backend auto: %s failed on the probe inputs (%s: %s)", name, type(exc).__name__, exc)
+            logger.warning("backend auto: %s failed on the probe inputs (%s: %s)", name,
+                           type(exc).__name__, exc)
             trials.append(Trial(name, error=f"{type(exc).__name__}: {exc}"))
     trials += [Trial(name, error=error) for name, error in failures.items()]
     return trials

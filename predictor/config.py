@@ -37,7 +37,7 @@ class SaveMode(str, Enum):
 
 
 class Backend(str, Enum):
-    """Which runtime executes the forward pass of encoder models; `auto` picks the fastest that agrees with eager."""
+    """Which runtime runs the forward pass of encoder models; `auto`: the fastest that agrees with eager."""
 
     AUTO = "auto"
     EAGER = "eager"

@@ -1,4 +1,4 @@
-"""What the compiled backends (ONNX Runtime, OpenVINO) share: the model's hash, where exports live, export inputs.
+"""What the compiled backends (ONNX Runtime, OpenVINO) share: the model's hash, the export folder, inputs.
 
 Exports are named by a hash of the model's files, so a restart (or another process serving the same
 weights) finds them instead of exporting again.

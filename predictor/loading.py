@@ -161,7 +161,8 @@ def _compiled(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source
 
 def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource,
                         cache_dir: Path) -> Any:
-    """The configured backend (auto's choice, ONNX Runtime, OpenVINO, int8) or torch.compile; fall back with a log line."""
+    """The configured backend (auto's choice, ONNX Runtime, OpenVINO, int8), then torch.compile; fall back
+    with a log line."""
     backend = config.handler.backend
     if backend in _COMPILED_BACKENDS:
         return _compiled(runner, config, plan, source, cache_dir)

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def export(model: torch.nn.Module, path: Path) -> None:
-    """The plain export (dynamo) with dynamic batch and sequence length; written to a temp name, then renamed."""
+    """The plain export (dynamo) with dynamic batch and sequence length; written aside, then renamed."""
     names = input_names(model)
     batch, seq = torch.export.Dim("batch", max=1024), torch.export.Dim("sequence", max=8192)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ def export(model: torch.nn.Module, path: Path) -> None:
 
 
 def _fusion_type(config: Any) -> str:
-    """ONNX Runtime's optimizer type for the model: its own when listed, else BERT's (the encoder patterns)."""
+    """ONNX Runtime's optimizer type for the model: its own when listed, else BERT's (encoder patterns)."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES
 
     model_type = str(getattr(config, "model_type", "bert"))

@@ -7,6 +7,7 @@ dimensions); the IR (.xml + .bin) is cached by the model's hash, like the ONNX e
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def convert(model: torch.nn.Module, path: Path) -> None:
-    """Convert to IR with dynamic batch and sequence length, weights kept in float32; written, then renamed."""
+    """Convert to IR with dynamic batch and sequence length, float32 weights; written aside, then renamed."""
     import openvino as ov
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
@@ -53,16 +54,21 @@ def convert(model: torch.nn.Module, path: Path) -> None:
 
 
 class OpenVinoRunner:
-    """A ModelRunner whose forward pass is an OpenVINO compiled model; the torch model stays for explanations."""
+    """A ModelRunner whose forward pass is an OpenVINO compiled model; the torch model stays to explain."""
 
     torchscript = False
 
     def __init__(self, module: torch.nn.Module, path: Path, threads: int) -> None:
         import openvino as ov
 
-        # f32: on CPUs with bf16/AMX OpenVINO would otherwise infer in bf16 and change answers.
+        # One stream per model worker (the workers call side by side), each with the worker's threads,
+        # as ONNX Runtime and torch run them; f32: on CPUs with bf16/AMX OpenVINO would otherwise infer
+        # in bf16 and change answers.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        streams = max(1, cores // threads)
         self.compiled = ov.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+            "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
+            "INFERENCE_PRECISION_HINT": "f32"})
         self.path = path
         self.names = input_names(module)
         self.module = module
@@ -83,7 +89,8 @@ def load_openvino(runner: Any, model_dir: Path, cache_dir: Path) -> OpenVinoRunn
     try:
         import openvino  # noqa: F401
     except ModuleNotFoundError as exc:
-        raise ConfigError("handler.backend openvino needs openvino: pip install 'predictor[openvino]'") from exc
+        raise ConfigError("handler.backend openvino needs openvino: "
+                          "pip install 'predictor[openvino]'") from exc
     path = export_folder(model_dir, cache_dir) / f"model-{weights_digest(model_dir)}.openvino.xml"
     if not path.exists():
         convert(runner.module, path)

@@ -1,4 +1,4 @@
-"""backend auto: the pure choice, agreement with eager, the cached decision; forced openvino against transformers."""
+"""backend auto: the pure choice, agreement with eager, the cached decision; forced openvino."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_agreement_needs_the_same_argmax_and_probabilities_within_1e_4() -> None
     tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 0.0]]])
     padded_differs = tokens.clone()
     padded_differs[0, 2] = torch.tensor([0.0, 5.0])
-    assert compare([(tokens,)], [(padded_differs,)], [{"attention_mask": mask}], TaskName.TOKEN_CLASSIFICATION)[0]
+    assert compare([(tokens,)], [(padded_differs,)], [{"attention_mask": mask}],
+                   TaskName.TOKEN_CLASSIFICATION)[0]
     assert compare([(tokens,)], [(tokens[:, :2],)], [{"attention_mask": mask}],
                    TaskName.TOKEN_CLASSIFICATION) == (False, math.inf)
 
@@ -104,7 +105,8 @@ def test_auto_serves_a_backend_that_answers_as_transformers_and_a_restart_reuses
         second.load()
     messages = [r.getMessage() for r in caplog.records]
     assert any(f"serving {served} (cached choice" in m for m in messages), messages
-    assert not any(m.startswith(("exported", "converted")) or "max prob diff" in m for m in messages), messages
+    redone = [m for m in messages if m.startswith(("exported", "converted")) or "max prob diff" in m]
+    assert not redone, messages
     assert type(second.state.task.model) is type(runner)  # type: ignore[attr-defined]
     assert (_probabilities(second, TEXTS) - got).abs().max() == 0
 
