@@ -26,9 +26,10 @@ def input_names(model: torch.nn.Module) -> tuple[str, ...]:
         else ("input_ids", "attention_mask")
 
 
-def sample_inputs(names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
-    """Two rows, one padded, in the order of `names`: what the exporters trace."""
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
+def sample_inputs(model: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """Two rows, one padded, in the order of `names`: what the exporters trace (ids within the vocabulary)."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", None) or 30522)
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]]) % vocab
     tensors = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
     return tuple(tensors[n] for n in names)
 

@@ -37,7 +37,7 @@ def export(model: torch.nn.Module, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = scratch_path(path)
     started = time.perf_counter()
-    torch.onnx.export(TupleOutputs(model), sample_inputs(names), str(partial),
+    torch.onnx.export(TupleOutputs(model), sample_inputs(model, names), str(partial),
                       input_names=list(names), dynamic_shapes={n: {0: batch, 1: seq} for n in names},
                       dynamo=True, external_data=False)
     partial.rename(path)
@@ -66,8 +66,8 @@ def export_fused(model: torch.nn.Module, path: Path) -> None:
     if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     try:
-        torch.onnx.export(TupleOutputs(model), sample_inputs(names), str(traced), input_names=list(names),
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+        torch.onnx.export(TupleOutputs(model), sample_inputs(model, names), str(traced),
+                          input_names=list(names), dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
                           dynamo=False, opset_version=17)
     finally:
         if attention not in (None, "eager") and hasattr(model, "set_attn_implementation"):

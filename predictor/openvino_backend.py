@@ -39,7 +39,7 @@ def convert(model: torch.nn.Module, path: Path) -> None:
     names = input_names(model)
     # The frontend directly, not openvino.convert_model: that one sends usage telemetry over the network
     # unless a consent file in $HOME says no, and a server must not phone home.
-    decoder = TorchScriptPythonDecoder(TupleOutputs(model), example_input=sample_inputs(names))
+    decoder = TorchScriptPythonDecoder(TupleOutputs(model), example_input=sample_inputs(model, names))
     frontend = FrontEndManager().load_by_framework("pytorch")
     ir = frontend.convert(frontend.load(decoder))
     for port, name in zip(ir.inputs, names, strict=True):

@@ -6,14 +6,16 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from models import build_encoder
 
-from predictor.backend_choice import Trial, choose, compare
-from predictor.config import TaskName
+from predictor.backend_choice import Trial, choose, compare, eager_only_reason
+from predictor.config import Backend, ModelConfig, TaskName
+from predictor.devices import DevicePlan
 from predictor.handler import GeneralizedHandler
 from predictor.loading import ModelRunner
 
@@ -52,6 +54,21 @@ def test_agreement_needs_the_same_argmax_and_probabilities_within_1e_4() -> None
                    TaskName.TOKEN_CLASSIFICATION)[0]
     assert compare([(tokens,)], [(tokens[:, :2],)], [{"attention_mask": mask}],
                    TaskName.TOKEN_CLASSIFICATION) == (False, math.inf)
+
+
+def test_auto_is_the_default_and_keeps_eager_where_the_candidates_do_not_apply() -> None:
+    def config(mode: str = "sequence_classification", **top: object) -> ModelConfig:
+        return ModelConfig.from_yaml({"handler": {"mode": mode}, **top})
+
+    eager = SimpleNamespace(torchscript=False)
+    cpu = DevicePlan("cpu", torch.float32)
+    assert config().handler.backend is Backend.AUTO
+    assert eager_only_reason(eager, config(), cpu) is None
+    assert "generate" in str(eager_only_reason(eager, config("text_generation"), cpu))
+    assert "CUDA" in str(eager_only_reason(eager, config(), DevicePlan("cuda", torch.float32)))
+    assert "TorchScript" in str(eager_only_reason(SimpleNamespace(torchscript=True), config(), cpu))
+    assert "pt2.compile" in str(eager_only_reason(eager, config(pt2={"compile": {"enable": True}}), cpu))
+    assert "dtype" in str(eager_only_reason(eager, config(), DevicePlan("cpu", torch.bfloat16)))
 
 
 @pytest.fixture(scope="module")
