@@ -57,15 +57,17 @@ WORKDIR /src
 # README.m[d]: copied when present (pyproject names it as the long description), no error when not.
 COPY pyproject.toml README.m[d] ./
 COPY predictor ./predictor
-# Build the project's wheel, then install it with its dependencies; the CUDA image also gets
-# the `gpu` extra (accelerate, for handler.model_parallel).
+# Build the project's wheel, then install it with its dependencies and the backends that
+# `handler.backend: auto` chooses from: the CPU image gets ONNX Runtime and OpenVINO; the CUDA
+# image gets ONNX Runtime's GPU build (its CPU provider serves when no GPU is visible) and the
+# `gpu` extra (accelerate, for handler.model_parallel). Sizes are in the README's backend section.
 # DL3013: the wheel is the one built here; pyproject.toml pins its dependencies' ranges.
 # hadolint ignore=DL3013
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && wheel="$(ls /wheels/predictor-*.whl)" \
-    && if [ "${DEVICE}" = cuda ]; then target="${wheel}[gpu]"; else target="${wheel}"; fi \
-    && pip install --no-cache-dir "${target}" \
-    && python -c "import torch, predictor; print('torch', torch.__version__)"
+    && if [ "${DEVICE}" = cuda ]; then extras=gpu,onnx-gpu; else extras=onnx,openvino; fi \
+    && pip install --no-cache-dir "${wheel}[${extras}]" \
+    && python -c "import torch, onnxruntime, predictor; print(torch.__version__, onnxruntime.__version__)"
 
 FROM python AS runtime
 ARG DEVICE

@@ -132,28 +132,46 @@ def load_torchscript(source: ModelSource, config: ModelConfig, plan: DevicePlan)
     return ModelRunner(module, torchscript=True, device=plan.device, config=hf_config)
 
 
-def _onnx(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource, cache_dir: Path) -> Any:
-    if plan.is_cuda or runner.torchscript or config.handler.mode is TaskName.TEXT_GENERATION:
-        logger.info("backend onnx applies to eager encoder models on CPU; running eager")
-        return runner
-    from predictor.onnx_backend import load_onnx
+_COMPILED_BACKENDS = {Backend.ONNX: "ONNX Runtime", Backend.OPENVINO: "OpenVINO"}
 
+
+def _compiled(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource,
+              cache_dir: Path) -> Any:
+    """The forced `onnx` or `openvino` backend; eager when it does not apply or the export fails."""
+    backend = config.handler.backend
+    if plan.is_cuda or runner.torchscript or config.handler.mode is TaskName.TEXT_GENERATION:
+        logger.info("backend %s applies to eager encoder models on CPU; running eager", backend.value)
+        return runner
+    if backend is Backend.ONNX:
+        from predictor.onnx_backend import load_onnx as load
+    else:
+        from predictor.openvino_backend import load_openvino as load
     try:
-        onnx_runner = load_onnx(runner, source.path, cache_dir)
+        compiled = load(runner, source.path, cache_dir)
     except ConfigError:
         raise
     except Exception as exc:  # exporter limits vary by architecture: serve eager rather than not at all
-        logger.warning("backend onnx unavailable for this model (%s: %s); running eager", type(exc).__name__, exc)
+        logger.warning("backend %s unavailable for this model (%s: %s); running eager", backend.value,
+                       type(exc).__name__, exc)
         return runner
-    logger.info("backend onnx: ONNX Runtime on CPU")
-    return onnx_runner
+    logger.info("backend %s: %s on CPU", backend.value, _COMPILED_BACKENDS[backend])
+    return compiled
 
 
 def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePlan, source: ModelSource,
                         cache_dir: Path) -> Any:
-    """ONNX Runtime, int8 dynamic quantisation (CPU) or torch.compile, as configured; fall back with a log line."""
-    if config.handler.backend is Backend.ONNX:
-        return _onnx(runner, config, plan, source, cache_dir)
+    """The configured backend (auto's choice, ONNX Runtime, OpenVINO, int8), then torch.compile; fall back
+    with a log line."""
+    backend = config.handler.backend
+    if backend in _COMPILED_BACKENDS:
+        return _compiled(runner, config, plan, source, cache_dir)
+    if backend is Backend.AUTO:
+        from predictor.backend_choice import eager_only_reason, select_backend
+
+        if reason := eager_only_reason(runner, config, plan):
+            logger.info("backend auto: serving eager (%s)", reason)
+        else:
+            return select_backend(runner, config, source.path, cache_dir)
     if config.handler.backend is Backend.INT8:
         if plan.is_cuda or runner.torchscript:
             logger.info("backend int8 applies to eager models on CPU; running unquantised")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PREDICTOR_BACKEND_CACHE_DIR" not in os.environ:
+    # backend auto exports and times each model once: one cache for the session and the servers it starts.
+    os.environ["PREDICTOR_BACKEND_CACHE_DIR"] = tempfile.mkdtemp(prefix="predictor-backends-")
+    atexit.register(shutil.rmtree, os.environ["PREDICTOR_BACKEND_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402

@@ -111,7 +111,7 @@ def test_minimal_config_gets_every_default() -> None:
     assert (h.top_k, h.max_new_tokens, h.max_new_tokens_limit) == (5, 150, 1024)
     assert (h.doc_stride, h.max_answer_length, h.aggregation_strategy) == (128, 30, "simple")
     assert (h.n_steps, h.internal_batch_size, h.max_explain_steps) == (50, 16, 500)
-    assert (h.dtype, h.device, h.trust_remote_code, h.backend) == ("auto", "auto", False, Backend.EAGER)
+    assert (h.dtype, h.device, h.trust_remote_code, h.backend) == ("auto", "auto", False, Backend.AUTO)
     assert config.compile == CompileConfig(enable=False, backend="inductor", mode=None)
     assert config.limits == Limits(max_body_bytes=4 * 1024 * 1024, max_instances=64, max_text_chars=200_000)
     assert (config.min_workers, config.max_workers, config.batch_size) == (None, None, 8)
