@@ -111,6 +111,11 @@ class GenerationScheduler:
             self._turn.notify_all()
 
     @property
+    def waiting(self) -> int:
+        """Requests submitted and not decoding yet."""
+        return len(self._pending)
+
+    @property
     def has_work(self) -> bool:
         """True while a request is queued or being decoded."""
         with self._lock:
@@ -180,9 +185,6 @@ class GenerationScheduler:
         return logits.argmax(dim=-1)
 
     def _admit(self, row: _Row) -> None:
-        if row.instance.cancelled:
-            row.listener.finished([], "length")
-            return
         if row.enc is None:
             row.enc = self.encode([row.instance])[0]
         row.listener.started(row.enc)
@@ -199,10 +201,10 @@ class GenerationScheduler:
         self._rows.append(row)
 
     def _take(self, row: _Row, token: int) -> bool:
-        """Record a row's new token; True (and the row told) when it has finished."""
+        """Record a row's new token; True (and the row told) when it has finished or was given up."""
         row.new_ids.append(token)
         row.listener.token(token)
-        finish = self.is_finished(row)
+        finish = self.is_finished(row) or ("length" if row.instance.cancelled else None)
         if finish is None:
             return False
         row.listener.finished(row.new_ids, finish)
@@ -223,12 +225,7 @@ class GenerationScheduler:
         assert self._cache is not None and self._mask is not None and self._last is not None
         mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
         tokens = self._forward(self._last, mask, self._cache).tolist()
-        keep = []
-        for n, (row, token) in enumerate(zip(self._rows, tokens, strict=True)):
-            if row.instance.cancelled:  # nobody waits for it: leave without this token
-                row.listener.finished(row.new_ids, "length")
-            elif not self._take(row, token):
-                keep.append(n)
+        keep = [n for n, (row, token) in enumerate(zip(self._rows, tokens, strict=True)) if not self._take(row, token)]
         if not keep:
             self._reset()
             return

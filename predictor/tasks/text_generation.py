@@ -159,9 +159,7 @@ class _Answer:
 
     def finished(self, new_ids: list[int], finish: str) -> None:
         """The answer, or the rest of the stream and its StreamEnd."""
-        if self.enc is None:  # cancelled before it started: nobody waits
-            self.emit(StreamEnd(finish_reason=finish, generated_tokens=0, prompt_tokens=0) if self.stream else None)
-            return
+        assert self.enc is not None  # started() comes first
         if self.streamer is None:
             self.emit(self.task._answer(self.enc, new_ids, self.params))
             return
