@@ -77,8 +77,8 @@ class _Row:
 class GenerationScheduler:
     """Decodes greedy requests together; each leaves at its own eos, max_new_tokens, stop string or cancel.
 
-    `submit` is thread-safe. One thread at a time decodes (`drive`); `wait` lets threads that want their
-    own requests done take turns at it, so in-process callers need no thread of their own. Each step
+    `submit` is thread-safe. One thread at a time decodes: the server's model worker (`drive`), or for
+    in-process callers (`wait`) a thread started while there is work. Each step
     prefills the requests that arrived (alone, as generate() would), merges their caches into the running
     batch (left padding), then decodes one token for every row.
     """
@@ -121,35 +121,43 @@ class GenerationScheduler:
         with self._lock:
             return bool(self._pending or self._rows)
 
-    def drive(self, on_step: Callable[[], None] | None = None,
-              until: Callable[[], bool] | None = None) -> bool:
-        """Decode on this thread while there is work (or until `until()`); False at once if another thread is."""
-        with self._lock:
-            if self._driving:
-                return False
+    def drive(self, on_step: Callable[[], None] | None = None) -> None:
+        """Decode on this thread until no work is left; first waits while another thread decodes."""
+        with self._turn:
+            self._turn.wait_for(lambda: not self._driving)
             self._driving = True
+        self._decode_until_idle(on_step)
+
+    def wait(self, done: Callable[[], bool]) -> None:
+        """Return once done(); starts a decoding thread (with this thread's torch threads) if none runs."""
+        with self._turn:
+            if not self._driving and not done():
+                self._driving = True
+                threading.Thread(target=self._decode_in_background, args=(torch.get_num_threads(),),
+                                 name="predictor-decode", daemon=True).start()
+            self._turn.wait_for(done)
+
+    def _decode_in_background(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self._decode_until_idle(None)
+
+    def _decode_until_idle(self, on_step: Callable[[], None] | None) -> None:
+        """The decoding loop of the thread that set _driving; it stops (and clears it) when nothing is left."""
         try:
-            while not (until is not None and until()):
-                with self._lock:
+            while True:
+                with self._turn:
+                    self._turn.notify_all()  # waiters check their requests after every step
                     if not (self._pending or self._rows):
-                        break
+                        self._driving = False  # under the lock that submit() takes: no request is missed
+                        return
                 self.step()
                 if on_step is not None:
                     on_step()
-                with self._turn:
-                    self._turn.notify_all()
-        finally:
+        except BaseException:
             with self._turn:
                 self._driving = False
                 self._turn.notify_all()
-        return True
-
-    def wait(self, done: Callable[[], bool]) -> None:
-        """Return once done(): decode while nobody else does, else wait for the decoding thread's steps."""
-        while not done():
-            if not self.drive(until=done):
-                with self._turn:
-                    self._turn.wait_for(lambda: done() or not self._driving, timeout=1.0)
+            raise
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> None:
