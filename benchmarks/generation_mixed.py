@@ -28,7 +28,8 @@ CLIENTS = 16
 LOW, HIGH = 8, 256
 PROBE_TOKENS = 8
 PROMPTS = ["The quick brown fox", "Once upon a time in a small town", "The weather today", "Hello",
-           "In the beginning there was", "A long time ago", "The results of the study show that", "My name is"]
+           "In the beginning there was", "A long time ago", "The results of the study show that",
+           "My name is"]
 
 
 def build_model(dest: Path) -> Path:
@@ -146,7 +147,8 @@ def measure_server(model_dir: Path, seconds: float) -> dict[str, Any]:
         def probe() -> float:
             started, first, received = time.perf_counter(), None, 0
             echo = len(PROMPTS[1].encode())
-            with client().stream("POST", url + "?stream=true", json=_body(PROMPTS[1], PROBE_TOKENS)) as response:
+            body = _body(PROMPTS[1], PROBE_TOKENS)
+            with client().stream("POST", url + "?stream=true", json=body) as response:
                 for chunk in response.iter_raw():
                     received += len(chunk)
                     if first is None and received > echo:
@@ -162,14 +164,16 @@ def measure_server(model_dir: Path, seconds: float) -> dict[str, Any]:
 
 def _ratios(result: dict[str, Any]) -> dict[str, Any]:
     mixed, equal = result["mixed"], result["equal"]
-    return {**result, "mixed_over_equal_tokens_per_s": round(mixed["tokens_per_s"] / equal["tokens_per_s"], 2),
+    return {**result,
+            "mixed_over_equal_tokens_per_s": round(mixed["tokens_per_s"] / equal["tokens_per_s"], 2),
             "short_first_token_over_lone": round(mixed["short_first_token_ms_p50"]
                                                  / result["lone_first_token_ms_p50"], 2)}
 
 
 def _measure_in(checkout: Path, side: str, model_dir: Path, seconds: float) -> dict[str, Any]:
     """One measurement in a subprocess running `checkout`'s code (its predictor and benchmarks)."""
-    env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run([sys.executable, __file__, "--measure", side, "--model_dir", str(model_dir),
                           "--seconds", str(seconds)], cwd=checkout, env=env, check=True, capture_output=True,
                          text=True)
@@ -182,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per load phase")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sides", default="inprocess,server")
-    parser.add_argument("--compare-with", type=Path, help="another checkout (e.g. the code before), measured in turn")
+    parser.add_argument("--compare-with", type=Path,
+                        help="another checkout (e.g. the code before), measured in turn")
     parser.add_argument("--model_dir", type=Path)
     parser.add_argument("--measure", choices=["inprocess", "server"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -197,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for _ in range(args.rounds):
         for side in args.sides.split(","):
             for name, checkout in checkouts.items():
-                results[name].setdefault(side, []).append(_measure_in(checkout, side, model_dir, args.seconds))
+                result = _measure_in(checkout, side, model_dir, args.seconds)
+                results[name].setdefault(side, []).append(result)
     print(json.dumps({"machine_note": "shared machine: checkouts and rounds interleaved", "clients": CLIENTS,
                       "max_new_tokens": [LOW, HIGH], "results": results}, indent=1))
 

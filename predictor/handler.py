@@ -230,7 +230,7 @@ class GeneralizedHandler:
 
     def submit_generation(self, instance: Instance, emit: Callable[[Any], None], *, stream: bool) -> None:
         """Queue a scheduled generation: `emit` gets, on the decoding thread, its answer (streamed: the
-        chunks and a StreamEnd) or a PredictorError. Nothing is decoded until someone calls drive_generation."""
+        chunks and a StreamEnd) or a PredictorError. Nothing is decoded until drive_generation runs."""
         def wrapped(item: Any) -> None:
             emit(_wrapped(item) if isinstance(item, Exception) else item)
 

@@ -94,7 +94,8 @@ class ScheduledGenerations:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self.queue.timeout_s))
         except asyncio.TimeoutError as exc:
             give_up(InferenceTimeoutError("timed out"))
-            raise InferenceTimeoutError(f"no answer within responseTimeout ({self.queue.timeout_s:g}s)") from exc
+            timeout = self.queue.timeout_s
+            raise InferenceTimeoutError(f"no answer within responseTimeout ({timeout:g}s)") from exc
         except asyncio.CancelledError:  # the caller's task was cancelled (a gRPC client cancelled its call)
             give_up(ClientGoneError("the call was cancelled"))
             raise

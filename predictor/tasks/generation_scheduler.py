@@ -37,10 +37,11 @@ class NotBatchableError(Exception):
 
 
 # Generation-config keys whose non-default value makes greedy decoding more than an argmax.
-_PROCESSOR_KEYS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens",
-                   "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
-                   "sequence_bias", "encoder_repetition_penalty", "exponential_decay_length_penalty",
-                   "renormalize_logits", "epsilon_cutoff", "eta_cutoff", "guidance_scale", "watermarking_config")
+_PROCESSOR_KEYS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length",
+                   "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                   "begin_suppress_tokens", "sequence_bias", "encoder_repetition_penalty",
+                   "exponential_decay_length_penalty", "renormalize_logits", "epsilon_cutoff", "eta_cutoff",
+                   "guidance_scale", "watermarking_config")
 
 
 def greedy_is_argmax(model: Any) -> bool:
@@ -142,7 +143,7 @@ class GenerationScheduler:
         self._decode_until_idle(None)
 
     def _decode_until_idle(self, on_step: Callable[[], None] | None) -> None:
-        """The decoding loop of the thread that set _driving; it stops (and clears it) when nothing is left."""
+        """The loop of the thread that set _driving; it stops (and clears the flag) when nothing is left."""
         try:
             while True:
                 with self._turn:
@@ -202,7 +203,8 @@ class GenerationScheduler:
         cache = DynamicCache(config=self.model.config)
         token = self._forward(ids, mask, cache)
         if not all(type(layer) is DynamicLayer for layer in cache.layers):
-            raise NotBatchableError(f"{type(self.model).__name__}: cache layers {type(cache.layers[0]).__name__}")
+            layer = type(cache.layers[0]).__name__
+            raise NotBatchableError(f"{type(self.model).__name__}: cache layers {layer}")
         if self._take(row, int(token[0])):
             return
         self._merge(cache, mask, token.view(1, 1))
@@ -233,7 +235,8 @@ class GenerationScheduler:
         assert self._cache is not None and self._mask is not None and self._last is not None
         mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
         tokens = self._forward(self._last, mask, self._cache).tolist()
-        keep = [n for n, (row, token) in enumerate(zip(self._rows, tokens, strict=True)) if not self._take(row, token)]
+        rows = zip(self._rows, tokens, strict=True)
+        keep = [n for n, (row, token) in enumerate(rows) if not self._take(row, token)]
         if not keep:
             self._reset()
             return

@@ -233,7 +233,7 @@ class TextGenerationTask(TaskBase):
             self.scheduler = GenerationScheduler(module, self.encode, self._row_finished)
 
     def schedules(self, instance: Instance) -> bool:
-        """True when this request is decoded by the scheduler (greedy, on a model whose cache it can merge)."""
+        """True when the scheduler decodes this request (greedy, on a model whose cache it can merge)."""
         params = instance.generation or self.default_params()
         return self.scheduler is not None and not params.do_sample
 
@@ -412,8 +412,8 @@ class TextGenerationTask(TaskBase):
         return results
 
     def _scheduled(self, batch: Sequence[Encoded]) -> list[Prediction] | None:
-        """Answers through the scheduler, decoded on this thread while no other thread does; None when
-        the model's cache cannot be batched (the scheduler is then switched off)."""
+        """Answers through the scheduler, once its decoding thread has finished them; None when the
+        model's cache cannot be batched (the scheduler is then switched off and generate() answers)."""
         assert self.scheduler is not None
         answers: list[Any] = [None] * len(batch)
         done = [threading.Event() for _ in batch]
