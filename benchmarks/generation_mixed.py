@@ -65,32 +65,41 @@ def _body(prompt: str, n: int) -> dict[str, Any]:
 
 def _closed_loop(run_one: Callable[[int, int], int], mixed: bool, seconds: float,
                  probe: Callable[[], float] | None) -> dict[str, Any]:
-    """CLIENTS threads issue requests back to back for `seconds`; aggregate tokens/s over the wall time
-    (tokens as generated: a request that meets an end-of-sequence id stops early and counts what it made)."""
-    tokens, lock, stop_at = [0], threading.Lock(), time.perf_counter() + seconds
+    """CLIENTS threads issue requests back to back for `seconds`; aggregate tokens/s within that window.
+
+    A request counts the share of its tokens that falls inside the window (its tokens spread evenly
+    over its time): requests still running at the end (the long ones of a mixed load, which would
+    drain alone) count what they made in time. Tokens are as generated: a request that meets an
+    end-of-sequence id stops early and counts what it made.
+    """
+    spans: list[tuple[float, float, int]] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+    stop_at = started + seconds
     first: list[float] = []
 
     def client(k: int) -> None:
         plan, n = budgets(mixed, 64, seed=k), 0
         while time.perf_counter() < stop_at:
+            begun = time.perf_counter()
             got = run_one(n + k, plan[n % len(plan)])
             n += 1
             with lock:
-                tokens[0] += got
+                spans.append((begun, time.perf_counter(), got))
 
     def prober() -> None:
         while probe is not None and time.perf_counter() < stop_at:
             first.append(probe())
 
-    started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
     threads.append(threading.Thread(target=prober))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
-    out: dict[str, Any] = {"tokens_per_s": round(tokens[0] / wall, 1)}
+    inside = sum(tokens * max(0.0, min(end, stop_at) - begun) / max(end - begun, 1e-9)
+                 for begun, end, tokens in spans)
+    out: dict[str, Any] = {"tokens_per_s": round(inside / seconds, 1), "requests": len(spans)}
     if first:
         out["short_first_token_ms_p50"] = round(statistics.median(first) * 1000, 1)
     return out
