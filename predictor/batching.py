@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 # One forward pass costs about as much as this many extra padded tokens would (kernel launches,
-# Python and tokenizer overhead; the figures are in benchmarks/README.md). Joining an input to a
+# Python and tokenizer overhead; the figures are in predictor/bench/README.md). Joining an input to a
 # batch is worth it while the padding it adds to the others stays below this.
 FORWARD_OVERHEAD_TOKENS = 24
 

@@ -164,7 +164,7 @@ class CompileConfig:
         )
 
 
-# Where MiniLM's forward passes on one thread stop gaining tokens/s (benchmarks/README.md, "Figures
+# Where MiniLM's forward passes on one thread stop gaining tokens/s (predictor/bench/README.md, "Figures
 # behind the queue and the worker plan"): larger passes only add latency.
 DEFAULT_MAX_BATCH_TOKENS = 1024
 

@@ -250,6 +250,36 @@ class GeneralizedHandler:
                 return
             yield chunk
 
+    # ---- scheduled generation (greedy requests decoded together, joining between steps) ------
+    def schedules(self, instance: Instance) -> bool:
+        """True when this generation request goes through the task's scheduler (submit + drive)."""
+        schedules = getattr(self.state.task, "schedules", None)
+        return schedules is not None and bool(schedules(instance))
+
+    def submit_generation(self, instance: Instance, emit: Callable[[Any], None], *, stream: bool) -> None:
+        """Queue a scheduled generation: `emit` gets, on the decoding thread, its answer (streamed: the
+        chunks and a StreamEnd) or a PredictorError. Nothing is decoded until drive_generation runs."""
+        def wrapped(item: Any) -> None:
+            emit(_wrapped(item) if isinstance(item, Exception) else item)
+
+        self.state.task.submit(instance, wrapped, stream=stream)  # type: ignore[attr-defined]
+
+    def drive_generation(self, on_step: Callable[[], None] | None = None) -> None:
+        """Decode scheduled generations on this thread until none is left (at once if another thread is)."""
+        self.state.task.scheduler.drive(on_step)  # type: ignore[attr-defined]
+
+    @property
+    def generation_waiting(self) -> int:
+        """Scheduled generations submitted and not decoding yet."""
+        scheduler = getattr(self._state.task, "scheduler", None) if self._state is not None else None
+        return 0 if scheduler is None else scheduler.waiting
+
+    @property
+    def generation_pending(self) -> bool:
+        """True while scheduled generations are queued or being decoded."""
+        scheduler = getattr(self.state.task, "scheduler", None)
+        return scheduler is not None and scheduler.has_work
+
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run core work, wrapping foreign exceptions once, at this boundary."""
         try:
@@ -257,9 +287,18 @@ class GeneralizedHandler:
         except (PredictorError, StopIteration):
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise OutOfResourcesError(f"out of memory: {exc}") from exc
-            logger.exception("inference failed")
-            raise InferenceError(f"inference failed: {type(exc).__name__}: {exc}") from exc
+            raise _wrapped(exc) from exc
+
+
+def _wrapped(exc: Exception) -> PredictorError:
+    """A foreign exception as the core error it means (out of memory, or an inference failure)."""
+    if isinstance(exc, PredictorError):
+        return exc
+    if is_out_of_memory(exc):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return OutOfResourcesError(f"out of memory: {exc}")
+    logger.error("inference failed", exc_info=exc)
+    error = InferenceError(f"inference failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error

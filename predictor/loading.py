@@ -179,7 +179,7 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
             from torch.ao.quantization import quantize_dynamic
 
             runner.module = quantize_dynamic(runner.module, {torch.nn.Linear}, dtype=torch.qint8)
-            # Quantisation changes some labels (figures: benchmarks/README.md), hence a warning.
+            # Quantisation changes some labels (figures: predictor/bench/README.md), hence a warning.
             logger.warning("backend int8: dynamic quantisation of Linear layers; it can change answers: "
                            "check label agreement on your own data (python -m predictor bench) before serving")
     pt2 = config.compile

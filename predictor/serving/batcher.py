@@ -28,6 +28,7 @@ from predictor.handler import GeneralizedHandler
 from predictor.serving import metrics
 from predictor.serving.callers import current_caller
 from predictor.serving.cpu import UncontendedThreadPolicy
+from predictor.serving.generation_route import ScheduledGenerations
 from predictor.serving.middleware import request_id_var
 from predictor.tasks import Encoded, Instance, Prediction, StreamEnd
 
@@ -62,7 +63,7 @@ class InferenceQueue:
     and an uncontended batch (nothing else queued or computing) while that measures faster
     (UncontendedThreadPolicy). One such thread, never a worker switching its count, because libgomp
     makes idle OpenMP threads sleep between parallel regions once a process has more of them than
-    cores (benchmarks/README.md, "Figures behind the queue and the worker plan"). `set_threads` sets
+    cores (predictor/bench/README.md, "Figures behind the queue and the worker plan"). `set_threads` sets
     the torch threads of the calling thread; without it, thread counts are left as they are and
     nothing runs on the all-cores thread but explanations.
     """
@@ -104,12 +105,13 @@ class InferenceQueue:
         self._busy_since: dict[object, float] = {}
         self._closing = False
         metrics.WORKERS.set(workers)
+        self.generations = ScheduledGenerations(self)  # greedy generation: the scheduler's own route
 
     # ---- state -------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
         """Admitted work not answered yet but waiting: inputs, streams without a worker, explanations."""
-        return len(self._jobs) + self._waiting_streams + self._explaining
+        return len(self._jobs) + self._waiting_streams + self._explaining + self.generations.waiting
 
     @property
     def wedged(self) -> bool:
@@ -142,6 +144,8 @@ class InferenceQueue:
     async def predict(self, instances: Sequence[Instance],
                       timing: metrics.RequestTiming | None = None) -> list[Prediction]:
         """Predictions for `instances`, in order, through the shared batches; `timing` gets the queue wait."""
+        if self.generations.takes(instances):
+            return await self.generations.predict(instances, timing)
         self._admit(len(instances))
         loop = asyncio.get_running_loop()
         if self._dispatcher is None or self._dispatcher.done():
@@ -339,7 +343,10 @@ class InferenceQueue:
         Overload, timeout and bad input are raised here, before the caller sends a status line.
         """
         self._admit(1)
-        chunks = self._stream(instance, timing)
+        if self.generations.takes([instance]):
+            chunks = self.generations.stream(instance, timing)
+        else:
+            chunks = self._stream(instance, timing)
         self._waiting_streams += 1  # the first chunk comes once the stream holds a model worker
         try:
             first = await asyncio.wait_for(chunks.__anext__(), self.timeout_s)

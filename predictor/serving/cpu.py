@@ -54,7 +54,7 @@ def plan_workers(cores: int, *, workers: int | None = None, threads: int | None 
     By default every core runs its own forward pass, up to 4 cores; above that, workers of 4 threads
     (a bound on how slow an uncontended request on a big machine may get). On CPU, one-thread passes
     side by side beat one pass on every core, whose threads wait for each other at every operation
-    (benchmarks/README.md, "Figures behind the queue and the worker plan"); an uncontended request
+    (predictor/bench/README.md, "Figures behind the queue and the worker plan"); an uncontended request
     may still use every core, on the queue's all-cores thread (UncontendedThreadPolicy). A GPU or a
     torch.compile'd model gets one worker (GPU kernels queue on one stream anyway; compiled graphs
     are not called from several threads at once).
@@ -85,7 +85,7 @@ def openmp_wait(policy: str = "short-spin", environ: MutableMapping[str, str] | 
     forward pass), then sleep. passive: they sleep at once and every parallel region pays a wake-up;
     it stays on offer for nodes where spinning loses to a busy neighbour. libgomp spins at most 100
     rounds, whatever is set here, once the process has more OpenMP threads than cores. The
-    measurements are in benchmarks/README.md, "Figures behind the queue and the worker plan".
+    measurements are in predictor/bench/README.md, "Figures behind the queue and the worker plan".
     """
     env = os.environ if environ is None else environ
     if policy not in OPENMP_WAITS:

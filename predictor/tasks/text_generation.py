@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import queue
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -28,7 +30,18 @@ from predictor.tasks.base import (
     n_steps_field,
     text_field,
 )
+from predictor.tasks.generation_scheduler import (
+    GenerationScheduler,
+    NotBatchableError,
+    all_done,
+    greedy_is_argmax,
+    mergeable_cache,
+)
 from predictor.tasks.targets import parse_text_target
+
+# Receives what a scheduled generation produces, on the decoding thread: the answer (or, streamed,
+# the echo, text pieces and a StreamEnd), or the exception that ended it.
+Emit = Callable[[Any], None]
 
 
 class StopInContinuation:
@@ -108,6 +121,58 @@ class StopWhenCancelled:
         return self._none
 
 
+class _EmittingStreamer(TokenStreamer):
+    """A TokenStreamer that hands each piece to a callback instead of its queue."""
+
+    def __init__(self, emit: Emit, *args: Any) -> None:
+        super().__init__(*args)
+        self.emit = emit
+        self.next_tokens_are_prompt = False  # fed generated tokens only
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        """A piece of whole characters (never empty), passed on."""
+        if text:
+            self.emit(text)
+
+
+class _Answer:
+    """Listens to one scheduled generation and emits its answer (or, streamed, its chunks) when due."""
+
+    def __init__(self, task: TextGenerationTask, params: GenerationParams, emit: Emit, stream: bool) -> None:
+        self.task, self.params, self.emit, self.stream = task, params, emit, stream
+        self.enc: Encoded | None = None
+        self.streamer: _EmittingStreamer | None = None
+
+    def started(self, enc: Encoded) -> None:
+        """The prompt is encoded: a stream sends its echo first."""
+        self.enc = enc
+        if self.stream:
+            ids = enc.rows[0]["input_ids"]
+            self.streamer = _EmittingStreamer(self.emit, self.task.tokenizer.shared, ids[-_PROMPT_TAIL:],
+                                              self.task.byte_ids)
+            self.emit(self.task._echo(enc))
+
+    def token(self, token_id: int) -> None:
+        """A new token: a stream sends its text once it is whole characters."""
+        if self.streamer is not None:
+            self.streamer.put(torch.tensor([token_id]))
+
+    def finished(self, new_ids: list[int], finish: str) -> None:
+        """The answer, or the rest of the stream and its StreamEnd."""
+        assert self.enc is not None  # started() comes first
+        if self.streamer is None:
+            self.emit(self.task._answer(self.enc, new_ids, self.params))
+            return
+        self.streamer.end()
+        kept, finish = self.task._finish(new_ids, self.params)
+        self.emit(StreamEnd(finish_reason=finish, generated_tokens=len(kept),
+                            prompt_tokens=len(self.enc.rows[0]["input_ids"])))
+
+    def failed(self, exc: BaseException) -> None:
+        """The exception, in place of what was due."""
+        self.emit(exc)
+
+
 # Prompt tokens that open a stream's decoding window (enough context for any decoder's spacing).
 _PROMPT_TAIL = 4
 
@@ -164,6 +229,32 @@ class TextGenerationTask(TaskBase):
         super().__init__(*args, **kwargs)
         self.eos_ids = end_of_sequence_ids(self.model, self.tokenizer)
         self.byte_ids = byte_fallback_ids(self.tokenizer)
+        module = self.model.module
+        self.scheduler: GenerationScheduler | None = None
+        if isinstance(module, torch.nn.Module) and hasattr(module, "generate") and greedy_is_argmax(module) \
+                and mergeable_cache(module):
+            self.scheduler = GenerationScheduler(module, self.encode, self._row_finished)
+
+    def schedules(self, instance: Instance) -> bool:
+        """True when the scheduler decodes this request (greedy, on a model whose cache it can merge)."""
+        params = instance.generation or self.default_params()
+        return self.scheduler is not None and not params.do_sample
+
+    def submit(self, instance: Instance, emit: Emit, *, stream: bool, enc: Encoded | None = None) -> None:
+        """Queue a greedy request in the scheduler; `emit` gets its answer or its chunks (see Emit)."""
+        assert self.scheduler is not None
+        params = instance.generation or self.default_params()
+        self.scheduler.submit(instance, params, _Answer(self, params, emit, stream), enc)
+
+    def _row_finished(self, row: Any) -> str | None:
+        """Why a scheduled row stops after its latest token (the reason _finish reports), or None."""
+        new_ids, params = row.new_ids, row.params
+        if new_ids[-1] in self.eos_ids:
+            return "eos"
+        if params.stop and any(s in self.tokenizer.shared.decode(new_ids, skip_special_tokens=True)
+                               for s in params.stop):
+            return "stop"
+        return "length" if len(new_ids) >= params.max_new_tokens else None
 
     def default_params(self) -> GenerationParams:
         """The sampling defaults of TorchServe's handler, with the configured token budget."""
@@ -318,9 +409,31 @@ class TextGenerationTask(TaskBase):
         results: list[Prediction] = [None] * len(batch)
         for indices in groups.values():
             items = [batch[n] for n in indices]
-            for n, result in zip(indices, self._generate(items), strict=True):
+            answers = self._scheduled(items) if self.schedules(items[0].instance) else None
+            for n, result in zip(indices, answers or self._generate(items), strict=True):
                 results[n] = result
         return results
+
+    def _scheduled(self, batch: Sequence[Encoded]) -> list[Prediction] | None:
+        """Answers through the scheduler, once its decoding thread has finished them; None when the
+        model's cache cannot be batched (the scheduler is then switched off and generate() answers)."""
+        assert self.scheduler is not None
+        answers: list[Any] = [None] * len(batch)
+        done = [threading.Event() for _ in batch]
+
+        def receiver(n: int) -> Emit:
+            return lambda answer: (answers.__setitem__(n, answer), done[n].set())
+
+        for n, enc in enumerate(batch):
+            self.submit(enc.instance, receiver(n), stream=False, enc=enc)
+        self.scheduler.wait(all_done(done))
+        if any(isinstance(a, NotBatchableError) for a in answers):
+            self.scheduler = None
+            return None
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
 
     def _generate(self, batch: Sequence[Encoded]) -> list[Prediction]:
         params = batch[0].instance.generation or self.default_params()
@@ -370,6 +483,9 @@ class TextGenerationTask(TaskBase):
 
         The text pieces concatenate to the non-streamed answer.
         """
+        if self.schedules(instance):
+            yield from self._stream_scheduled(instance)
+            return
         enc = self.encode([instance])[0]
         params = instance.generation or self.default_params()
         # Decoding only: the shared tokenizer, so this short-lived thread needs no copy of its own.
@@ -401,6 +517,26 @@ class TextGenerationTask(TaskBase):
             raise failure[0]
         new_ids, finish = self._finish(output[0][0, prompt_len:].tolist(), params)
         yield StreamEnd(finish_reason=finish, generated_tokens=len(new_ids), prompt_tokens=prompt_len)
+
+    def _stream_scheduled(self, instance: Instance) -> Iterator[str | StreamEnd]:
+        assert self.scheduler is not None
+        if instance.cancel is None:  # so that closing this generator stops the row
+            instance = dataclasses.replace(instance, cancel=threading.Event())
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.submit(instance, chunks.put, stream=True)
+        ended = False
+        try:
+            while not ended:
+                self.scheduler.wait(lambda: not chunks.empty())
+                item = chunks.get()
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                ended = isinstance(item, StreamEnd)
+                yield item
+        finally:
+            if not ended and instance.cancel is not None:
+                instance.cancel.set()  # the consumer stopped early: free the row
 
     def explain(self, instance: Instance) -> Explanation:
         """Attributions of the prompt tokens to the generated continuation."""
