@@ -36,7 +36,12 @@ def fleet(http_workdir: Path) -> Iterator[Fleet]:
             servers[name] = ServerProcess.launch(name, mode, model_dir, http_workdir)
         yield Fleet(servers)
     finally:
-        Fleet(servers).stop()
+        # SIGKILL: nothing is checked at the end of the session, and a graceful exit costs each process
+        # seconds of CPU (draining on SIGTERM is tested in tests/reliability/test_shutdown.py).
+        for server in servers.values():
+            if server.proc.poll() is None:
+                server.proc.kill()
+        Fleet(servers).stop()  # reaps them
 
 
 def _server_fixture(name: str) -> Any:

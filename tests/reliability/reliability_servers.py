@@ -288,6 +288,12 @@ class ServerProcess:
             self.fail(f"still running {timeout:.0f}s later; killed")
             raise  # pragma: no cover (fail raises)
 
+    def kill(self) -> None:
+        """Teardown when nothing more is checked: SIGKILL and reap (no drain, no interpreter teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
     def stop(self) -> None:
         """Teardown: SIGTERM, then SIGKILL if the process does not exit."""
         self.terminate()
