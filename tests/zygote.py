@@ -1,6 +1,6 @@
 """Predictor server processes forked from one process that has already imported torch, transformers and kserve.
 
-Importing those libraries is most of a server's start-up (about 8 of its 10 CPU seconds here), and the suite
+Importing those libraries is most of a server's start-up (about 9 of its 10 CPU seconds here), and the suite
 starts dozens of servers on two cores. The fleets of shared servers (tests/http, tests/reliability, the zoo)
 are forked from this zygote instead: each child is its own process on its own ports, running
 `predictor.serving.cli.main(argv)` exactly as `python -m predictor ARGV` does, with its own environment and
@@ -30,8 +30,23 @@ from predictor.serving.cli import _offline_environment
 from predictor.serving.cpu import openmp_wait
 _offline_environment()
 openmp_wait("short-spin")  # what the CLI sets before torch loads; the servers forked here all use it
+import importlib
 import torch, transformers, kserve, fastapi, uvicorn, grpc  # noqa: F401 (the point: imported once)
-import predictor.serving.server  # noqa: F401
+import predictor.serving.server, predictor.handler, predictor.explain  # noqa: F401
+for module in ("transformers.modeling_utils", "transformers.masking_utils", "transformers.activations",
+               "transformers.generation.utils", "transformers.pipelines.token_classification", "captum.attr",
+               "uvloop", "pydantic.v1", "uvicorn.protocols.websockets.websockets_sansio_impl"):
+    try:
+        importlib.import_module(module)
+    except ImportError:  # an optional one: the child imports what it needs itself
+        pass
+for family in ("bert", "gpt2", "roberta", "deberta_v2", "xlm_roberta", "distilbert", "electra", "modernbert",
+               "phi", "gpt_neox", "llama", "mistral", "qwen2"):  # the tests' and the zoo's model families
+    for kind in ("modeling", "tokenization"):
+        try:
+            importlib.import_module(f"transformers.models.{family}.{kind}_{family}")
+        except ImportError:
+            pass
 from predictor.serving import cli
 children = set()
 
