@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 
 from models import build_encoder, build_gpt2  # noqa: E402
+from zygote import Zygote  # noqa: E402
 
 from predictor.handler import GeneralizedHandler  # noqa: E402
 
@@ -47,3 +49,13 @@ def handlers(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
         handler.load()
         loaded[mode] = handler
     return loaded
+
+
+@pytest.fixture(scope="session")
+def server_zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    """The process that forks the shared server fleets with torch, transformers and kserve imported once."""
+    zygote = Zygote(tmp_path_factory.mktemp("zygote") / "zygote.log")
+    try:
+        yield zygote
+    finally:
+        zygote.stop()

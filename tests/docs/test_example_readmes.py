@@ -9,6 +9,7 @@ README says differ from run to run, are compared by shape with the prompt leadin
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,35 @@ ELSEWHERE: dict[str, Step] = {
 }
 
 
+def folder_of(command: Command) -> str:
+    """The example folder a command belongs to; examples/README.md's quick start builds and serves the
+    sequence-classification example, so it goes with that folder."""
+    parts = command.source.split(":")[0].split("/")
+    return parts[1] if len(parts) == 3 else "sequence_classification"
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Outcome]]:
-    """Every example README's commands, file by file in one scratch directory; servers stopped after."""
-    sandbox = Sandbox(tmp_path_factory.mktemp("examples"))
+    """Every example README's commands, in document order per example folder, each folder in its own scratch
+    directory; two folders at a time (building and starting a model is mostly one busy core); servers
+    stopped after."""
+    groups: dict[str, list[int]] = {}
+    for index, command in enumerate(COMMANDS):
+        groups.setdefault(folder_of(command), []).append(index)
+    sandboxes = {folder: Sandbox(tmp_path_factory.mktemp(f"examples-{folder}")) for folder in groups}
+
+    def run(folder: str) -> dict[int, Outcome]:
+        indices = groups[folder]
+        done = DocRun(sandboxes[folder], ELSEWHERE).run_all([COMMANDS[i] for i in indices])
+        return {indices[local]: outcome for local, outcome in done.items()}
+
     try:
-        yield DocRun(sandbox, ELSEWHERE).run_all(COMMANDS)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            merged = {i: o for part in pool.map(run, groups) for i, o in part.items()}
+        yield merged
     finally:
-        sandbox.stop()
+        for sandbox in sandboxes.values():
+            sandbox.stop()
 
 
 @pytest.mark.parametrize("index", range(len(COMMANDS)),

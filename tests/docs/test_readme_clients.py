@@ -1,5 +1,6 @@
 """The client examples in README.md's API section (Python blocks: tritonclient, openai) run against real
-servers: a classifier served as `demo` and a generator served as `gpt2`, on free ports."""
+servers (forked from the zygote, tests/zygote.py): a classifier served as `demo` and a generator served as
+`gpt2`, on free ports."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import transformers
 from doc_runs import REPO
 from http_servers import ServerProcess
 from models import build_encoder, build_gpt2
+from zygote import Zygote, http_server
 
 README = REPO / "README.md"
 
@@ -31,16 +33,18 @@ BLOCKS = api_python_blocks()
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
+def servers(tmp_path_factory: pytest.TempPathFactory,
+            server_zygote: Zygote) -> Iterator[dict[str, ServerProcess]]:
     root = tmp_path_factory.mktemp("readme-clients")
-    started = {"demo": ServerProcess.launch("demo", "sequence_classification",
-                                            build_encoder(root / "demo", "sequence_classification"), root),
-               "gpt2": ServerProcess.launch("gpt2", "text_generation", build_gpt2(root / "gpt2"), root)}
+    started = {"demo": http_server(server_zygote, "demo", "sequence_classification",
+                                   build_encoder(root / "demo", "sequence_classification"), root),
+               "gpt2": http_server(server_zygote, "gpt2", "text_generation", build_gpt2(root / "gpt2"), root)}
     try:
         yield {name: server.wait_ready() for name, server in started.items()}
     finally:
-        for server in started.values():
-            server.terminate()
+        for server in started.values():  # SIGKILL: nothing is checked here, and a drain costs CPU time
+            if server.proc.poll() is None:
+                server.proc.kill()
         for server in started.values():
             server.wait_stopped()
 

@@ -1,7 +1,8 @@
-"""Real `python -m predictor` processes on loopback ports, one per handler mode, started once per session.
+"""Real predictor processes on loopback ports, one per handler mode, started once per session.
 
-Every process is launched at the start of the session (importing torch takes each one several seconds,
-and they overlap); a test waits only for the servers it uses. Servers that a test must break or that
+Every process is launched at the start of the session, forked from the zygote (tests/zygote.py: torch,
+transformers and kserve imported once, then `predictor.serving.cli.main(argv)` as `python -m predictor`
+runs it); a test waits only for the servers it uses. Servers that a test must break or that
 need their own config get their own process, so the shared ones stay untouched.
 """
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 import transformers
 from http_servers import SERVERS, Fleet, ServerProcess, build_model
+from zygote import Zygote, http_server
 
 
 @pytest.fixture(scope="session")
@@ -27,16 +29,21 @@ def http_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fleet(http_workdir: Path) -> Iterator[Fleet]:
-    """Every server of SERVERS, each launched as soon as its model is built."""
+def fleet(http_workdir: Path, server_zygote: Zygote) -> Iterator[Fleet]:
+    """Every server of SERVERS, each forked from the zygote as soon as its model is built."""
     servers: dict[str, ServerProcess] = {}
     try:
         for name, (mode, kwargs) in SERVERS.items():
             model_dir = build_model(http_workdir / f"model-{name}", mode, **kwargs)
-            servers[name] = ServerProcess.launch(name, mode, model_dir, http_workdir)
+            servers[name] = http_server(server_zygote, name, mode, model_dir, http_workdir)
         yield Fleet(servers)
     finally:
-        Fleet(servers).stop()
+        # SIGKILL: nothing is checked at the end of the session, and a graceful exit costs each process
+        # seconds of CPU (draining on SIGTERM is tested in tests/reliability/test_shutdown.py).
+        for server in servers.values():
+            if server.proc.poll() is None:
+                server.proc.kill()
+        Fleet(servers).stop()  # reaps them
 
 
 def _server_fixture(name: str) -> Any:

@@ -25,6 +25,7 @@ from reliability_servers import (
     build_slow_gpt2,
     copy_model,
 )
+from zygote import Zygote
 
 from predictor.handler import GeneralizedHandler
 
@@ -38,6 +39,7 @@ class ServerSpec:
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     grace_period_s: int = 5
+    cold: bool = False  # `python -m predictor` from scratch instead of a fork of the zygote (its exit is tested)
 
 
 # fixture name -> server. The generation servers run one model worker of one torch thread: their tests
@@ -65,8 +67,8 @@ SERVERS: dict[str, ServerSpec] = {
     "oom_once_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-once"}),
     "oom_always_server": ServerSpec("seq", env={"PREDICTOR_FAULT_INJECTION": "oom-always"}),
     # Exiting takes 1.5 s idle and up to 6 s on a busy machine after the drain (interpreter teardown).
-    "sigterm_server": ServerSpec("seq", grace_period_s=10),
-    "sigterm_slow_client_server": ServerSpec("seq", grace_period_s=10),
+    "sigterm_server": ServerSpec("seq", grace_period_s=10, cold=True),
+    "sigterm_slow_client_server": ServerSpec("seq", grace_period_s=10, cold=True),
 }
 
 
@@ -104,31 +106,31 @@ def base_models(reliability_workdir: Path) -> BaseModels:
 class Fleet:
     """The session's reliability servers; each launched at session start and waited for on first use."""
 
-    def __init__(self, workdir: Path, models: BaseModels, wanted: set[str]) -> None:
+    def __init__(self, workdir: Path, models: BaseModels, wanted: set[str], zygote: Zygote) -> None:
         self.servers: dict[str, ServerProcess] = {}
         for name in sorted(wanted):
             spec = SERVERS[name]
             model_dir = copy_model(models[spec.model], workdir / f"model-{name}", **spec.config)
             model_name = name.removesuffix("_server").replace("_", "-")
             self.servers[name] = ServerProcess.launch(model_name, model_dir, workdir, *spec.args,
-                                                      env=spec.env, grace_period_s=spec.grace_period_s)
+                                                      env=spec.env, grace_period_s=spec.grace_period_s,
+                                                      zygote=None if spec.cold else zygote)
 
     def stop(self) -> None:
-        """Terminate every server (all signalled first, so they drain in parallel)."""
+        """SIGKILL every server still running, then reap it. Nothing is checked at the end of the session,
+        and a graceful exit costs each process seconds of CPU; test_shutdown.py tests the drain."""
         for server in self.servers.values():
-            server.terminate()
-        for server in self.servers.values():
-            server.stop()
+            server.kill()
 
 
 @pytest.fixture(scope="session")
-def fleet(request: pytest.FixtureRequest, reliability_workdir: Path,
-          base_models: BaseModels) -> Iterator[Fleet]:
+def fleet(request: pytest.FixtureRequest, reliability_workdir: Path, base_models: BaseModels,
+          server_zygote: Zygote) -> Iterator[Fleet]:
     """The servers that the collected reliability tests use (tests/http has fixtures of the same names)."""
     here = Path(__file__).parent
     mine = [item for item in request.session.items if item.path.is_relative_to(here)]
     wanted = {name for item in mine for name in getattr(item, "fixturenames", ()) if name in SERVERS}
-    fleet = Fleet(reliability_workdir, base_models, wanted)
+    fleet = Fleet(reliability_workdir, base_models, wanted, server_zygote)
     try:
         yield fleet
     finally:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from models import build_encoder, build_gpt2
 from ports import free_ports
+from zygote import Zygote
 
 STARTUP_TIMEOUT_S = 180.0  # many processes may import torch at once on two cores
 LOG_TAIL_LINES = 80
@@ -164,7 +165,7 @@ class ServerProcess:
     http_port: int
     grpc_port: int
     log_path: Path
-    proc: subprocess.Popen[bytes]
+    proc: Any  # subprocess.Popen, or zygote.ForkedProcess
     grace_period_s: int
     startup_samples: list[HealthSample] = field(default_factory=list)
     _ready: bool = field(default=False, repr=False)
@@ -173,22 +174,25 @@ class ServerProcess:
 
     @classmethod
     def launch(cls, name: str, model_dir: Path, workdir: Path, *extra: str, env: dict[str, str] | None = None,
-               grace_period_s: int = 5) -> ServerProcess:
-        """Start `python -m predictor` for one model; returns at once (the server is not ready yet)."""
+               grace_period_s: int = 5, zygote: Zygote | None = None) -> ServerProcess:
+        """Start `python -m predictor` for one model (forked from `zygote` when given, with the same arguments
+        and environment); returns at once (the server is not ready yet)."""
         http_port, grpc_port = free_ports(2)
         # Fault injection only where a test asks for it, never inherited from the test run.
         inherited = {k: v for k, v in os.environ.items() if k != "PREDICTOR_FAULT_INJECTION"}
         full_env = {**inherited, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     "PREDICTOR_CACHE_DIR": str(workdir / f"cache-{name}"), **(env or {})}
         log_path = workdir / f"server-{name}.log"
+        argv = ["--model_name", name, "--model_dir", str(model_dir), "--http_port", str(http_port),
+                "--grpc_port", str(grpc_port),
+                "--ts_grpc_port", "0", "--ts_management_port", "0",  # not under test here; never 7070/8082 twice
+                "--grace_period", str(grace_period_s), *extra]
+        if zygote is not None:
+            return cls(name, model_dir, http_port, grpc_port, log_path, zygote.launch(argv, full_env, log_path),
+                       grace_period_s)
         with log_path.open("wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "predictor", "--model_name", name, "--model_dir", str(model_dir),
-                 "--http_port", str(http_port), "--grpc_port", str(grpc_port),
-                 "--ts_grpc_port", "0", "--ts_management_port", "0",  # not under test here; never 7070/8082 twice
-                 "--grace_period", str(grace_period_s), *extra],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
-            )
+            proc = subprocess.Popen([sys.executable, "-m", "predictor", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=full_env)
         return cls(name, model_dir, http_port, grpc_port, log_path, proc, grace_period_s)
 
     @property
@@ -287,6 +291,12 @@ class ServerProcess:
             self.proc.wait(timeout=10)
             self.fail(f"still running {timeout:.0f}s later; killed")
             raise  # pragma: no cover (fail raises)
+
+    def kill(self) -> None:
+        """Teardown when nothing more is checked: SIGKILL and reap (no drain, no interpreter teardown)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         """Teardown: SIGTERM, then SIGKILL if the process does not exit."""

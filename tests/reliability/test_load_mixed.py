@@ -25,8 +25,8 @@ from reliability_servers import NEEDLE, ServerProcess, expected_answer
 pytestmark = pytest.mark.slow
 
 CLIENTS_PER_SERVER = 24
-WARM_UP_S = 30.0
-MEASURED_S = 60.0
+WARM_UP_S = 20.0
+MEASURED_S = 40.0
 MAX_RSS_GROWTH = 0.05
 PROMPTS = ["Once upon a time", "The quick brown fox", "A predictor answers", "Serving models is"]
 GEN_TOKENS = 12

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from http_servers import ServerProcess
 from zoo_models import ALL, Zoo, approx_nested, ids
+from zygote import Zygote, http_server
 
 from predictor.handler import GeneralizedHandler
 from predictor.tasks import StreamEnd
@@ -93,10 +94,11 @@ LOOKAHEAD = 3  # servers started ahead of the test that uses them (their start-u
 
 
 class ZooFleet:
-    """Real `python -m predictor` processes over zoo folders, a few at a time (each holds ~0.5 GB)."""
+    """Real predictor processes (forked from the zygote) over zoo folders, a few at a time (each ~0.5 GB)."""
 
-    def __init__(self, zoo: Zoo, workdir: Any) -> None:
+    def __init__(self, zoo: Zoo, workdir: Any, zygote: Zygote) -> None:
         self.zoo = zoo
+        self.zygote = zygote
         self.workdir = workdir
         self.servers: dict[tuple[str, str], ServerProcess] = {}
 
@@ -104,24 +106,30 @@ class ZooFleet:
         index = SERVED.index(key)
         for earlier in SERVED[:index]:
             if earlier in self.servers:
-                self.servers.pop(earlier).terminate()
+                _kill(self.servers.pop(earlier))
         for ahead in SERVED[index:index + LOOKAHEAD]:
             if ahead not in self.servers:
                 model = self.zoo.models[ahead]
-                self.servers[ahead] = ServerProcess.launch(model.id, model.mode, model.path, self.workdir,
-                                                           "--model_workers", "2")
+                self.servers[ahead] = http_server(self.zygote, model.id, model.mode, model.path, self.workdir,
+                                                  "--model_workers", "2")
         return self.servers[key].wait_ready()
 
     def stop(self) -> None:
         for server in self.servers.values():
-            server.terminate()
-        for server in self.servers.values():
-            server.wait_stopped()
+            _kill(server)
+
+
+def _kill(server: ServerProcess) -> None:
+    """SIGKILL and reap a server whose tests are done: a graceful exit costs seconds of CPU that the next
+    servers' start-up needs (draining on SIGTERM is tested in tests/reliability/test_shutdown.py)."""
+    if server.proc.poll() is None:
+        server.proc.kill()
+    server.wait_stopped()
 
 
 @pytest.fixture(scope="module")
-def zoo_fleet(zoo: Zoo, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    fleet = ZooFleet(zoo, tmp_path_factory.mktemp("zoo-servers"))
+def zoo_fleet(zoo: Zoo, tmp_path_factory: pytest.TempPathFactory, server_zygote: Zygote) -> Any:
+    fleet = ZooFleet(zoo, tmp_path_factory.mktemp("zoo-servers"), server_zygote)
     yield fleet
     fleet.stop()
 
