@@ -44,8 +44,9 @@ def supported_variants() -> list[Variant]:
     """Eager first, then every non-eager `handler.backend` value, then `pt2.compile` if the config has it."""
     from predictor import config
 
-    variants = [Variant(EAGER)]
-    variants += [Variant(b.value, handler={"backend": b.value}) for b in config.Backend if b.value != EAGER]
+    variants = [Variant(EAGER, handler={"backend": EAGER})]
+    variants += [Variant(b.value, handler={"backend": b.value}) for b in config.Backend
+                 if b.value not in (EAGER, "auto")]  # auto is what the server section serves
     if hasattr(config, "CompileConfig"):
         variants.append(Variant(COMPILE, top={"pt2": {"compile": {"enable": True}}}))
     return variants

@@ -41,7 +41,7 @@ def minilm_dir() -> Path:
 
 def write_model_config(dest: Path, handler: dict[str, Any], batch_size: int = 8) -> None:
     """model-config.yaml as a TorchServe user writes it."""
-    doc = {"batchSize": batch_size, "maxBatchDelay": 5,
+    doc = {"minWorkers": 1, "batchSize": batch_size, "maxBatchDelay": 5,
            "responseTimeout": 120, "handler": handler}
     (dest / "model-config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
