@@ -183,7 +183,8 @@ def _measure_in(checkout: Path, side: str, model_dir: Path, seconds: float) -> d
     """One measurement in a subprocess running `checkout`'s code (its predictor and benchmarks)."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--measure", side, "--model_dir", str(model_dir),
+    out = subprocess.run([sys.executable, "-m", "predictor.bench.generation_mixed", "--measure", side,
+                          "--model_dir", str(model_dir),
                           "--seconds", str(seconds)], cwd=checkout, env=env, check=True, capture_output=True,
                          text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(_ratios(measure(args.model_dir, args.seconds))))
         return
     model_dir = build_model(args.model_dir or Path(tempfile.gettempdir()) / "predictor-gen-mixed")
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]  # the folder that holds this predictor package
     checkouts = {"this": here, **({"other": args.compare_with.resolve()} if args.compare_with else {})}
     results: dict[str, dict[str, list[Any]]] = {name: {} for name in checkouts}
     for _ in range(args.rounds):
@@ -218,6 +219,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run by path in another checkout: that checkout's packages come first
-        sys.path[0] = os.getcwd()
     main()
