@@ -26,9 +26,9 @@ from typing import IO, Any
 
 _SERVE = r"""
 import json, os, select, signal, sys
-from predictor.serving.cli import _offline_environment
+from predictor.artifacts import offline_environment
 from predictor.serving.cpu import openmp_wait
-_offline_environment()
+offline_environment(os.environ)
 openmp_wait("short-spin")  # what the CLI sets before torch loads; the servers forked here all use it
 import importlib
 import torch, transformers, kserve, fastapi, uvicorn, grpc  # noqa: F401 (the point: imported once)
@@ -176,8 +176,10 @@ class Zygote:
 
     def launch(self, argv: list[str], env: dict[str, str], log_path: Path) -> ForkedProcess:
         """Fork a server running `python -m predictor ARGV` with exactly `env`, its output in `log_path`."""
-        if not self._ready.wait(timeout=300) or self.proc.poll() is not None:
-            raise RuntimeError(f"the server zygote did not start; see {self._log.name}")
+        deadline = time.monotonic() + 300
+        while not self._ready.wait(timeout=0.5):  # a zygote that died at import fails at once, not in 300 s
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server zygote did not start; see {self._log.name}")
         request = {"argv": argv, "env": env, "log": str(log_path)}
         with self._lock:
             assert self.proc.stdin is not None
