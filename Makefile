@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8080
 GRPC_PORT ?= 8081
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25  # every run names its slowest tests: the suite has a 15-minute budget
 
 .PHONY: install serve test bench clean
 

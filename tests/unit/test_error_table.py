@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import pkgutil
+import os
+import subprocess
+import sys
 from typing import Any
 
 import grpc
@@ -19,7 +21,6 @@ from fastapi import FastAPI
 from kserve.protocol.rest.server import RESTServer
 from starlette.testclient import TestClient
 
-import predictor.serving
 from predictor import errors
 from predictor.serving import error_table
 from predictor.serving.kserve_model import kserve_errors
@@ -89,17 +90,34 @@ ADAPTER_ERRORS = {OpenAIParameterError: errors.InvalidRequestError}
 PROTOCOLS = [f.name for f in dataclasses.fields(error_table.ErrorRow) if f.name != "retry_after"]
 
 
+_DISCOVER = """
+import importlib, pkgutil, predictor.serving
+from predictor import errors
+for module in pkgutil.iter_modules(predictor.serving.__path__, "predictor.serving."):
+    importlib.import_module(module.name)
+todo = [errors.PredictorError]
+while todo:
+    cls = todo.pop()
+    print(cls.__module__, cls.__qualname__)
+    todo.extend(cls.__subclasses__())
+"""
+
+
 def all_error_classes() -> set[type[errors.PredictorError]]:
     """PredictorError and every subclass the project defines, once every serving module (adapters define
-    some) is imported."""
-    for module in pkgutil.iter_modules(predictor.serving.__path__, "predictor.serving."):
-        importlib.import_module(module.name)
-    found, todo = set(), [errors.PredictorError]
-    while todo:
-        cls = todo.pop()
-        if cls.__module__.startswith("predictor."):
-            found.add(cls)
-        todo.extend(cls.__subclasses__())
+    some) is imported.
+
+    The import-everything runs in a child process: importing the TorchServe gRPC adapter here would
+    register its inference.proto in this process's descriptor pool, and the gRPC tests' own stubs,
+    generated from TorchServe's file, could then no longer load.
+    """
+    listed = subprocess.run([sys.executable, "-c", _DISCOVER], check=True, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
+    found = set()
+    for line in listed.splitlines():
+        module, qualname = line.split()
+        if module.startswith("predictor."):
+            found.add(getattr(importlib.import_module(module), qualname))
     return found
 
 
