@@ -80,8 +80,9 @@ class GenerationScheduler:
 
     `submit` is thread-safe. One thread at a time decodes: the server's model worker (`drive`), or for
     in-process callers (`wait`) a thread started while there is work. Each step
-    prefills the requests that arrived (alone, as generate() would), merges their caches into the running
-    batch (left padding), then decodes one token for every row.
+    prefills the requests that arrived in one left-padded pass, joins them to the running batch (left
+    padding; the cache's storage keeps spare rows and columns, see _SlotLayer), then decodes one token
+    for every row.
     """
 
     def __init__(self, model: Any, encode: Callable[[Sequence[Instance]], list[Encoded]],
@@ -162,16 +163,13 @@ class GenerationScheduler:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> None:
-        """Admit what arrived, then decode one token for every row; rows that finish leave."""
+        """Admit what arrived (one prefill pass for all of them), then decode one token for every row."""
         with self._lock:
             room = max(0, self.max_rows - len(self._rows))
             arrived, self._pending = self._pending[:room], self._pending[room:]
         with torch.inference_mode():
-            for row in arrived:
-                try:
-                    self._admit(row)
-                except Exception as exc:  # this request's error; the others go on
-                    row.listener.failed(exc)
+            if arrived:
+                self._admit_all(arrived)
             if self._rows:
                 try:
                     self._decode()
@@ -193,22 +191,49 @@ class GenerationScheduler:
         logits = self.model(**kwargs).logits[:, -1, :]
         return logits.argmax(dim=-1)
 
-    def _admit(self, row: _Row) -> None:
-        if row.enc is None:
-            row.enc = self.encode([row.instance])[0]
-        row.listener.started(row.enc)
+    def _admit_all(self, arrived: list[_Row]) -> None:
+        """Encode and prefill the arrivals together (left padded, as generate() batches prompts); when
+        that pass fails, each is prefilled alone so that only a request at fault gets its error."""
+        ready = []
+        for row in arrived:
+            try:
+                if row.enc is None:
+                    row.enc = self.encode([row.instance])[0]
+                row.listener.started(row.enc)
+                ready.append(row)
+            except Exception as exc:  # this request's error; the others go on
+                row.listener.failed(exc)
+        if len(ready) > 1:
+            try:
+                self._prefill(ready)
+                return
+            except NotBatchableError as exc:
+                for row in ready:
+                    row.listener.failed(exc)
+                return
+            except Exception:
+                logger.warning("a batched prefill failed; prefilling its %d requests one by one", len(ready))
+        for row in ready:
+            try:
+                self._prefill([row])
+            except Exception as exc:
+                row.listener.failed(exc)
+
+    def _prefill(self, rows: list[_Row]) -> None:
+        prompts = [row.enc.rows[0]["input_ids"] for row in rows if row.enc is not None]
+        width = max(len(ids) for ids in prompts)
         device = self.model.device
-        ids = torch.tensor([row.enc.rows[0]["input_ids"]], device=device)
-        mask = torch.ones_like(ids)
+        ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         cache = DynamicCache(config=self.model.config)
-        token = self._forward(ids, mask, cache)
+        tokens = self._forward(ids, mask, cache)
         if not all(type(layer) is DynamicLayer for layer in cache.layers):
             layer = type(cache.layers[0]).__name__
             raise NotBatchableError(f"{type(self.model).__name__}: cache layers {layer}")
-        if self._take(row, int(token[0])):
-            return
-        self._merge(cache, mask, token.view(1, 1))
-        self._rows.append(row)
+        keep = [n for n, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True))
+                if not self._take(row, token)]
+        if keep:
+            self._join([rows[n] for n in keep], cache, mask, tokens.view(-1, 1), keep)
 
     def _take(self, row: _Row, token: int) -> bool:
         """Record a row's new token; True (and the row told) when it has finished or was given up."""
@@ -220,16 +245,31 @@ class GenerationScheduler:
         row.listener.finished(row.new_ids, finish)
         return True
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor, last: torch.Tensor) -> None:
+    def _join(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor, last: torch.Tensor,
+              keep: list[int]) -> None:
+        """Append the kept rows of a prefill to the running batch (both left padded to the longer)."""
+        if len(keep) < mask.shape[0]:
+            index = torch.tensor(keep, device=mask.device)
+            mask, last = mask[index], last[index]
+        else:
+            index = None
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        mask = mask[:, start:]
         if self._cache is None or self._mask is None or self._last is None:
-            self._cache, self._mask, self._last = cache, mask, last
-            return
-        length = max(self._mask.shape[1], mask.shape[1])
+            self._cache = DynamicCache(config=self.model.config)
+            self._cache.layers = [_SlotLayer() for _ in cache.layers]
+            self._mask, self._last = mask[:0, :0], last[:0]
+        pad = ~mask.bool()[:, None, :, None]  # padded prompt positions hold what a fully masked query made
         for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
+            keys, values = theirs.keys[:, :, start:], theirs.values[:, :, start:]
+            if index is not None:
+                keys, values = keys[index], values[index]
+            mine.join(keys.masked_fill(pad, 0), values.masked_fill(pad, 0))
+        length = max(self._mask.shape[1], mask.shape[1])
         self._mask = torch.cat([_left_pad(self._mask, length, 1), _left_pad(mask, length, 1)])
         self._last = torch.cat([self._last, last])
+        self._rows.extend(rows)
 
     def _decode(self) -> None:
         assert self._cache is not None and self._mask is not None and self._last is not None
@@ -245,16 +285,100 @@ class GenerationScheduler:
             self._select(keep)
 
     def _select(self, keep: list[int]) -> None:
-        """Keep these rows; drop the left-padding columns no remaining row needs."""
+        """Keep these rows (the last ones move into the places of those that left, so only they are
+        copied); drop the left-padding columns no remaining row needs."""
         assert self._cache is not None and self._mask is not None and self._last is not None
-        index = torch.tensor(keep, device=self._mask.device)
-        self._rows = [self._rows[n] for n in keep]
+        count, kept = len(keep), set(keep)
+        holes = [n for n in range(count) if n not in kept]
+        movers = [n for n in keep if n >= count]
+        order = list(range(count))
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        index = torch.tensor(order, device=self._mask.device)
+        self._rows = [self._rows[n] for n in order]
         self._mask, self._last = self._mask[index], self._last[index]
         used = self._mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
         self._mask = self._mask[:, start:]
         for layer in self._cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+            layer.leave(holes, movers, count, start)
+
+
+class _SlotLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of storage with room for more rows and columns.
+
+    A decoding step writes its column in place where DynamicLayer.update concatenates the whole cache;
+    rows join into spare rows, leave by having the last rows moved into their places, and left padding
+    that no row needs is dropped by moving the view's first column. Growth doubles, so copies are
+    amortised. Hand-written: transformers' StaticLayer preallocates but attends over its whole length
+    and fixes the batch size.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._k = self._v = torch.empty(0)
+        self.rows = self.start = self.end = 0  # keys/values are _k[:rows, :, start:end]
+
+    def _view(self) -> None:
+        self.keys = self._k[:self.rows, :, self.start:self.end]
+        self.values = self._v[:self.rows, :, self.start:self.end]
+
+    def _relayout(self, rows: int, columns: int, left: int) -> None:
+        """New storage of `rows` x `columns`; the used block copied to begin at column `left`."""
+        length = self.end - self.start
+        k = self._k.new_zeros(rows, self._k.shape[1], columns, self._k.shape[3])
+        v = self._v.new_zeros(rows, self._v.shape[1], columns, self._v.shape[3])
+        if self.rows:
+            k[:self.rows, :, left:left + length] = self.keys
+            v[:self.rows, :, left:left + length] = self.values
+        self._k, self._v, self.start, self.end = k, v, left, left + length
+        self._view()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new columns in place (growing the storage when full); the filled columns."""
+        added = key_states.shape[-2]
+        if self.end + added > self._k.shape[2]:
+            self._relayout(self._k.shape[0], 2 * (self.end - self.start + added), 0)
+        self._k[:self.rows, :, self.end:self.end + added] = key_states
+        self._v[:self.rows, :, self.end:self.end + added] = value_states
+        self.end += added
+        self._view()
+        return self.keys, self.values
+
+    def join(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append rows (left padded, padding zero); the shorter side gets zero columns on its left."""
+        if not self.is_initialized:
+            self._k = keys.new_zeros(0, keys.shape[1], 0, keys.shape[3])
+            self._v = values.new_zeros(0, values.shape[1], 0, values.shape[3])
+            self.device, self.is_initialized = keys.device, True
+        added, length, theirs = keys.shape[0], self.end - self.start, keys.shape[2]
+        width = max(length, theirs)
+        wider = width - length
+        if self.rows + added > self._k.shape[0] or wider > self.start:
+            rows = max(self._k.shape[0], 2 * (self.rows + added)) if self.rows + added > self._k.shape[0] \
+                else self._k.shape[0]
+            self._relayout(rows, max(self._k.shape[2], 2 * width), wider)
+        if wider:
+            self._k[:self.rows, :, self.start - wider:self.start] = 0
+            self._v[:self.rows, :, self.start - wider:self.start] = 0
+            self.start -= wider
+        new = slice(self.rows, self.rows + added)
+        self._k[new, :, self.start:self.end - theirs] = 0
+        self._v[new, :, self.start:self.end - theirs] = 0
+        self._k[new, :, self.end - theirs:self.end] = keys
+        self._v[new, :, self.end - theirs:self.end] = values
+        self.rows += added
+        self._view()
+
+    def leave(self, holes: list[int], movers: list[int], rows: int, trim: int) -> None:
+        """Rows `movers` move to `holes`; `rows` remain; the first `trim` columns are dropped."""
+        if holes:
+            to, source = torch.tensor(holes, device=self._k.device), torch.tensor(movers, device=self._k.device)
+            self._k[to, :, self.start:self.end] = self._k[source, :, self.start:self.end]
+            self._v[to, :, self.start:self.end] = self._v[source, :, self.start:self.end]
+        self.rows, self.start = rows, self.start + trim
+        self._view()
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

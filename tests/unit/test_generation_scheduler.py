@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import torch
 
 from predictor.handler import GeneralizedHandler
@@ -95,3 +96,111 @@ def test_a_stream_joins_a_running_one_and_ends_first(handlers: dict[str, General
     for chunks, prompt, n in ((long_chunks, PROMPTS[0], LONG), (short_chunks, PROMPTS[3], SHORT)):
         assert isinstance(chunks[-1], StreamEnd) and chunks[-1].generated_tokens == n
         assert "".join(c for c in chunks[:-1]) == direct(handler, prompt, n)
+
+
+# ---- the engine alone, on tiny random models of two families --------------------------------------
+EOS = 3
+
+
+def tiny_lm(family: str) -> Any:
+    """A 2-layer causal LM of the family (random weights, 40-token vocabulary)."""
+    import transformers
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        config = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                         eos_token_id=EOS, bos_token_id=EOS, initializer_range=0.5)
+        return transformers.GPT2LMHeadModel(config).eval()
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                      eos_token_id=EOS, bos_token_id=1, initializer_range=0.5)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+class Collect:
+    """A GenerationListener that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+
+    def started(self, enc: Any) -> None: ...
+
+    def token(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+
+    def finished(self, new_ids: list[int], finish: str) -> None:
+        self.finish = finish
+
+    def failed(self, exc: BaseException) -> None:
+        raise exc
+
+
+def engine(model: Any) -> Any:
+    from predictor.tasks.generation_scheduler import GenerationScheduler
+
+    def finished(row: Any) -> str | None:
+        if row.new_ids[-1] == EOS:
+            return "eos"
+        return "length" if len(row.new_ids) >= row.params.max_new_tokens else None
+
+    return GenerationScheduler(model, lambda instances: [], finished)
+
+
+def submit(scheduler: Any, prompt: list[int], n: int) -> Collect:
+    from predictor.tasks.base import Encoded, GenerationParams, Instance
+
+    listener = Collect()
+    enc = Encoded(Instance(text="", prompt_ids=tuple(prompt)), [{"input_ids": prompt, "attention_mask": [1] * len(prompt)}])
+    scheduler.submit(enc.instance, GenerationParams(max_new_tokens=n, do_sample=False), listener, enc)
+    return listener
+
+
+def alone(model: Any, prompt: list[int], n: int) -> list[int]:
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return [int(t) for t in out[0, len(prompt):]]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rows_joining_and_leaving_at_every_point_decode_as_generate_does_alone(family: str) -> None:
+    model = tiny_lm(family)
+    scheduler = engine(model)
+    # (step at which it arrives, prompt, max_new_tokens): arrivals together, a prompt longer than the running
+    # batch, rows leaving first, last and in the middle, a row joining after others have left.
+    plan = [(0, [5, 6, 7], 12), (0, [8, 9], 3), (0, [10, 11, 12, 13], 7), (2, [14] * 20, 9),
+            (4, [15, 16], 1), (6, [17, 18, 19, 20, 21], 15), (6, [22], 5), (13, [23, 24, 25], 6)]
+    listeners: list[tuple[list[int], int, Collect]] = []
+    for step in range(40):
+        listeners += [(p, n, submit(scheduler, p, n)) for at, p, n in plan if at == step]
+        scheduler.step()
+    assert not scheduler.has_work
+    for prompt, n, got in listeners:
+        assert got.finish is not None and got.tokens == alone(model, prompt, n), (prompt, n)
+
+
+def test_arrivals_of_one_step_are_prefilled_in_one_forward_pass() -> None:
+    model = tiny_lm("gpt2")
+    scheduler = engine(model)
+    calls: list[tuple[int, ...]] = []
+    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
+                                with_kwargs=True)
+    for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
+        submit(scheduler, prompt, 10)
+    scheduler.step()
+    assert calls == [(3, 4), (3, 1)]  # one prefill of the three (left padded to 4), one decoding step
+
+
+def test_a_decoding_step_writes_into_the_cache_it_has_instead_of_copying_it() -> None:
+    model = tiny_lm("llama")
+    scheduler = engine(model)
+    for prompt in ([5, 6, 7], [8, 9]):
+        submit(scheduler, prompt, 60)
+    scheduler.step()
+    shared = 0
+    for _ in range(50):
+        before = scheduler._cache.layers[0].keys  # kept alive: a copy could not reuse its memory
+        scheduler.step()
+        shared += scheduler._cache.layers[0].keys.data_ptr() == before.data_ptr()
+    assert shared >= 45  # only a few steps grow the storage
