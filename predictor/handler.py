@@ -25,6 +25,7 @@ from predictor.errors import (
     PredictorError,
 )
 from predictor.tasks import Encoded, Explanation, Instance, Prediction, StreamEnd, Task, build_task
+from predictor.tasks.generation_scheduler import GenerationScheduler, SchedulesGenerations
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +254,8 @@ class GeneralizedHandler:
     # ---- scheduled generation (greedy requests decoded together, joining between steps) ------
     def schedules(self, instance: Instance) -> bool:
         """True when this generation request goes through the task's scheduler (submit + drive)."""
-        schedules = getattr(self.state.task, "schedules", None)
-        return schedules is not None and bool(schedules(instance))
+        task = self.state.task
+        return isinstance(task, SchedulesGenerations) and task.schedules(instance)
 
     def submit_generation(self, instance: Instance, emit: Callable[[Any], None], *, stream: bool) -> None:
         """Queue a scheduled generation: `emit` gets, on the decoding thread, its answer (streamed: the
@@ -262,22 +263,31 @@ class GeneralizedHandler:
         def wrapped(item: Any) -> None:
             emit(_wrapped(item) if isinstance(item, Exception) else item)
 
-        self.state.task.submit(instance, wrapped, stream=stream)  # type: ignore[attr-defined]
+        task = self.state.task
+        if not isinstance(task, SchedulesGenerations):
+            raise InvalidRequestError(f"mode {self.mode.value} does not schedule generations")
+        task.submit(instance, wrapped, stream=stream)
 
     def drive_generation(self, on_step: Callable[[], None] | None = None) -> None:
         """Decode scheduled generations on this thread until none is left (at once if another thread is)."""
-        self.state.task.scheduler.drive(on_step)  # type: ignore[attr-defined]
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            scheduler.drive(on_step)
+
+    def _scheduler(self) -> GenerationScheduler | None:
+        task = self._state.task if self._state is not None else None
+        return task.scheduler if isinstance(task, SchedulesGenerations) else None
 
     @property
     def generation_waiting(self) -> int:
         """Scheduled generations submitted and not decoding yet."""
-        scheduler = getattr(self._state.task, "scheduler", None) if self._state is not None else None
+        scheduler = self._scheduler()
         return 0 if scheduler is None else scheduler.waiting
 
     @property
     def generation_pending(self) -> bool:
         """True while scheduled generations are queued or being decoded."""
-        scheduler = getattr(self.state.task, "scheduler", None)
+        scheduler = self._scheduler()
         return scheduler is not None and scheduler.has_work
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:

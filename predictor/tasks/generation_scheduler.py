@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache
@@ -30,6 +30,23 @@ class GenerationListener(Protocol):
     def token(self, token_id: int) -> None: ...
     def finished(self, new_ids: list[int], finish: str) -> None: ...
     def failed(self, exc: BaseException) -> None: ...
+
+
+@runtime_checkable
+class SchedulesGenerations(Protocol):
+    """A task whose greedy generations a GenerationScheduler decodes (text_generation): what the handler
+    reaches for through `schedules`, `submit_generation` and `drive_generation`."""
+
+    scheduler: GenerationScheduler | None  # None when the model's cache cannot be batched
+
+    def schedules(self, instance: Instance) -> bool:
+        """True when the scheduler decodes this request."""
+        ...
+
+    def submit(self, instance: Instance, emit: Callable[[Any], None], *, stream: bool,
+               enc: Encoded | None = None) -> None:
+        """Queue a request the scheduler decodes; `emit` gets its answer or its chunks, or an exception."""
+        ...
 
 
 class NotBatchableError(Exception):
@@ -374,7 +391,8 @@ class _SlotLayer(DynamicLayer):
     def leave(self, holes: list[int], movers: list[int], rows: int, trim: int) -> None:
         """Rows `movers` move to `holes`; `rows` remain; the first `trim` columns are dropped."""
         if holes:
-            to, source = torch.tensor(holes, device=self._k.device), torch.tensor(movers, device=self._k.device)
+            to = torch.tensor(holes, device=self._k.device)
+            source = torch.tensor(movers, device=self._k.device)
             self._k[to, :, self.start:self.end] = self._k[source, :, self.start:self.end]
             self._v[to, :, self.start:self.end] = self._v[source, :, self.start:self.end]
         self.rows, self.start = rows, self.start + trim

@@ -111,9 +111,10 @@ def tiny_lm(family: str) -> Any:
         config = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=2, n_positions=128,
                                          eos_token_id=EOS, bos_token_id=EOS, initializer_range=0.5)
         return transformers.GPT2LMHeadModel(config).eval()
-    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                                      eos_token_id=EOS, bos_token_id=1, initializer_range=0.5)
+    config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                      max_position_embeddings=128, eos_token_id=EOS, bos_token_id=1,
+                                      initializer_range=0.5)
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -151,15 +152,17 @@ def submit(scheduler: Any, prompt: list[int], n: int) -> Collect:
     from predictor.tasks.base import Encoded, GenerationParams, Instance
 
     listener = Collect()
-    enc = Encoded(Instance(text="", prompt_ids=tuple(prompt)), [{"input_ids": prompt, "attention_mask": [1] * len(prompt)}])
+    rows = [{"input_ids": prompt, "attention_mask": [1] * len(prompt)}]
+    enc = Encoded(Instance(text="", prompt_ids=tuple(prompt)), rows)
     scheduler.submit(enc.instance, GenerationParams(max_new_tokens=n, do_sample=False), listener, enc)
     return listener
 
 
 def alone(model: Any, prompt: list[int], n: int) -> list[int]:
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=0)
     return [int(t) for t in out[0, len(prompt):]]
 
 
@@ -184,8 +187,10 @@ def test_arrivals_of_one_step_are_prefilled_in_one_forward_pass() -> None:
     model = tiny_lm("gpt2")
     scheduler = engine(model)
     calls: list[tuple[int, ...]] = []
-    model.register_forward_hook(lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)),
-                                with_kwargs=True)
+    def count(module: Any, args: Any, kwargs: Any, out: Any) -> None:
+        calls.append(tuple(kwargs["input_ids"].shape))
+
+    model.register_forward_hook(count, with_kwargs=True)
     for prompt in ([5, 6, 7], [8, 9], [10, 11, 12, 13]):
         submit(scheduler, prompt, 10)
     scheduler.step()
@@ -204,3 +209,16 @@ def test_a_decoding_step_writes_into_the_cache_it_has_instead_of_copying_it() ->
         scheduler.step()
         shared += scheduler._cache.layers[0].keys.data_ptr() == before.data_ptr()
     assert shared >= 45  # only a few steps grow the storage
+
+
+def test_only_a_task_that_schedules_generations_takes_one(handlers: dict[str, GeneralizedHandler]) -> None:
+    from predictor.errors import InvalidRequestError
+
+    generator, classifier = handlers["text_generation"], handlers["sequence_classification"]
+    assert generator.schedules(greedy(generator, PROMPTS[0], SHORT))
+    instance = classifier.parse("a sentence")
+    assert not classifier.schedules(instance)
+    with pytest.raises(InvalidRequestError, match="does not schedule generations"):
+        classifier.submit_generation(instance, lambda item: None, stream=False)
+    assert classifier.generation_waiting == 0 and not classifier.generation_pending
+    classifier.drive_generation()  # nothing to decode: returns at once
