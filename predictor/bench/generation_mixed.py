@@ -1,11 +1,15 @@
 """Generation under mixed lengths: 16 greedy clients with max_new_tokens drawn from 8..256 against the same
 16 at one length (the mean), in process and through a real server; and a short streamed request's time to
-its first generated text under that load against the same request alone.
+its first generated text under the mixed load against the same request alone.
 
     python -m predictor.bench.generation_mixed --seconds 20 --rounds 2 [--compare-with OTHER_CHECKOUT]
 
-With --compare-with, each measurement runs as a subprocess in each checkout in turn, round after round
-(A B A B ...), so that both meet the same drift of a shared machine. Prints one JSON document.
+The two tokens/s phases (mixed, equal) run under the same conditions: the 16 clients and nothing else.
+The first-token probe (a 17th client) runs in a third phase of its own, under the mixed load.
+
+With --compare-with, each measurement runs as a subprocess against each checkout's `predictor` in turn,
+round after round (A B A B ...), so that both meet the same drift of a shared machine; this file's code
+measures both, so both are measured the same way. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -126,10 +130,16 @@ def measure_inprocess(model_dir: Path, seconds: float) -> dict[str, Any]:
             pass
         return elapsed
 
+    return _phases(run_one, probe, seconds)
+
+
+def _phases(run_one: Callable[[int, int], int], probe: Callable[[], float], seconds: float) -> dict[str, Any]:
+    """A lone probe's first token; mixed and equal tokens/s (no probe); the probe under the mixed load."""
     lone = statistics.median(probe() for _ in range(10))
     return {"lone_first_token_ms_p50": round(lone * 1000, 1),
-            "mixed": _closed_loop(run_one, True, seconds, probe),
-            "equal": _closed_loop(run_one, False, seconds, None)}
+            "mixed": _closed_loop(run_one, True, seconds, None),
+            "equal": _closed_loop(run_one, False, seconds, None),
+            "mixed_with_probe": _closed_loop(run_one, True, seconds, probe)}
 
 
 def measure_server(model_dir: Path, seconds: float) -> dict[str, Any]:
@@ -165,27 +175,27 @@ def measure_server(model_dir: Path, seconds: float) -> dict[str, Any]:
             return first if first is not None else time.perf_counter() - started
 
         run_one(0, 8)
-        lone = statistics.median(probe() for _ in range(10))
-        return {"lone_first_token_ms_p50": round(lone * 1000, 1),
-                "mixed": _closed_loop(run_one, True, seconds, probe),
-                "equal": _closed_loop(run_one, False, seconds, None)}
+        return _phases(run_one, probe, seconds)
 
 
 def _ratios(result: dict[str, Any]) -> dict[str, Any]:
     mixed, equal = result["mixed"], result["equal"]
     return {**result,
             "mixed_over_equal_tokens_per_s": round(mixed["tokens_per_s"] / equal["tokens_per_s"], 2),
-            "short_first_token_over_lone": round(mixed["short_first_token_ms_p50"]
+            "short_first_token_over_lone": round(result["mixed_with_probe"]["short_first_token_ms_p50"]
                                                  / result["lone_first_token_ms_p50"], 2)}
 
 
 def _measure_in(checkout: Path, side: str, model_dir: Path, seconds: float) -> dict[str, Any]:
-    """One measurement in a subprocess running `checkout`'s code (its predictor and benchmarks)."""
+    """One measurement in a subprocess: this file's code, `checkout`'s predictor package.
+
+    runpy rather than `python FILE`, which would put this folder first on sys.path.
+    """
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "predictor.bench.generation_mixed", "--measure", side,
-                          "--model_dir", str(model_dir),
-                          "--seconds", str(seconds)], cwd=checkout, env=env, check=True, capture_output=True,
+    argv = ["generation_mixed", "--measure", side, "--model_dir", str(model_dir), "--seconds", str(seconds)]
+    run = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({str(Path(__file__))!r}, run_name='__main__')"
+    out = subprocess.run([sys.executable, "-c", run], cwd=checkout, env=env, check=True, capture_output=True,
                          text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 

@@ -2,7 +2,8 @@
 
 transformers' own continuous batching (`generate_batch`, `ContinuousBatchingManager`) runs its own
 thread, switches the shared model to paged attention and has no stop strings, so it is not used here;
-this loop keeps the model as it is and decodes a left-padded batch with a DynamicCache, as generate() does.
+this loop keeps the model as it is and decodes a left-padded batch with a DynamicCache, as generate() does
+(its layers keep spare room, so a step writes in place: see _SlotLayer).
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ class GenerationScheduler:
                 ready.append(row)
             except Exception as exc:  # this request's error; the others go on
                 row.listener.failed(exc)
+        groups = [ready] if ready else []
         if len(ready) > 1:
             try:
                 self._prefill(ready)
@@ -228,15 +230,19 @@ class GenerationScheduler:
                 for row in ready:
                     row.listener.failed(exc)
                 return
-            except Exception:
-                logger.warning("a batched prefill failed; prefilling its %d requests one by one", len(ready))
-        for row in ready:
-            try:
-                self._prefill([row])
             except Exception as exc:
-                row.listener.failed(exc)
+                logger.warning("a batched prefill failed (%s); prefilling its %d requests one by one", exc,
+                               len(ready))
+                groups = [[row] for row in ready]
+        for group in groups:
+            try:
+                self._prefill(group)
+            except Exception as exc:
+                group[0].listener.failed(exc)
 
     def _prefill(self, rows: list[_Row]) -> None:
+        """One forward pass over the rows' prompts; then (no exception past this point is the rows'
+        fault) their first tokens, and the rows that go on join the batch."""
         prompts = [row.enc.rows[0]["input_ids"] for row in rows if row.enc is not None]
         width = max(len(ids) for ids in prompts)
         device = self.model.device
@@ -247,10 +253,18 @@ class GenerationScheduler:
         if not all(type(layer) is DynamicLayer for layer in cache.layers):
             layer = type(cache.layers[0]).__name__
             raise NotBatchableError(f"{type(self.model).__name__}: cache layers {layer}")
-        keep = [n for n, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True))
-                if not self._take(row, token)]
-        if keep:
-            self._join([rows[n] for n in keep], cache, mask, tokens.view(-1, 1), keep)
+        keep: list[int] = []
+        try:
+            keep = [n for n, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True))
+                    if not self._take(row, token)]
+            if keep:
+                self._join([rows[n] for n in keep], cache, mask, tokens.view(-1, 1), keep)
+        except Exception as exc:  # the batch's state is unknown: every row gets the error
+            running = {id(row) for row in self._rows}
+            failed = self._rows + [rows[n] for n in keep if id(rows[n]) not in running]
+            self._reset()
+            for row in failed:
+                row.listener.failed(exc)
 
     def _take(self, row: _Row, token: int) -> bool:
         """Record a row's new token; True (and the row told) when it has finished or was given up."""
