@@ -31,6 +31,7 @@ from typing import Any
 CLIENTS = 16
 LOW, HIGH = 8, 256
 PROBE_TOKENS = 8
+WARM_UP_S = 3.0
 PROMPTS = ["The quick brown fox", "Once upon a time in a small town", "The weather today", "Hello",
            "In the beginning there was", "A long time ago", "The results of the study show that",
            "My name is"]
@@ -134,7 +135,11 @@ def measure_inprocess(model_dir: Path, seconds: float) -> dict[str, Any]:
 
 
 def _phases(run_one: Callable[[int, int], int], probe: Callable[[], float], seconds: float) -> dict[str, Any]:
-    """A lone probe's first token; mixed and equal tokens/s (no probe); the probe under the mixed load."""
+    """A lone probe's first token; mixed and equal tokens/s (no probe); the probe under the mixed load.
+
+    A short mixed load first (not counted): neither measured phase pays the process's first steps.
+    """
+    _closed_loop(run_one, True, WARM_UP_S, None)
     lone = statistics.median(probe() for _ in range(10))
     return {"lone_first_token_ms_p50": round(lone * 1000, 1),
             "mixed": _closed_loop(run_one, True, seconds, None),
@@ -194,7 +199,8 @@ def _measure_in(checkout: Path, side: str, model_dir: Path, seconds: float) -> d
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     argv = ["generation_mixed", "--measure", side, "--model_dir", str(model_dir), "--seconds", str(seconds)]
-    run = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({str(Path(__file__))!r}, run_name='__main__')"
+    here = str(Path(__file__))
+    run = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({here!r}, run_name='__main__')"
     out = subprocess.run([sys.executable, "-c", run], cwd=checkout, env=env, check=True, capture_output=True,
                          text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
