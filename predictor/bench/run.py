@@ -219,7 +219,8 @@ def measure_server(run: Run) -> dict[str, Any]:
     result: dict[str, Any] = {"startup_s": server.start(), "command": " ".join(server.command()[1:]),
                               "model_workers": (server.worker_plan() or (None, None))[0],
                               "intra_op_threads": (server.worker_plan() or (None, None))[1],
-                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "the predictor's default")}
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "the predictor's default"),
+                              "backend": server.backend()}
     try:
         phases = [_phase(server, "predictions", requests["predictions"], c, s) for c in s.concurrencies]
         phases.append(_phase(server, "v1", requests["v1"], max(s.concurrencies), s))
