@@ -247,6 +247,18 @@ def _generation_lines(report: Mapping[str, Any]) -> list[str]:
             f"{_fmt(stream.get('complete_ms_median'), ' ms')}"]
 
 
+def _generation_mixed_lines(report: Mapping[str, Any]) -> list[str]:
+    server = _get(report, "generation_mixed", "server")
+    if not server:
+        return []
+    return [f"generation, mixed lengths through the server (16 greedy clients, max_new_tokens 8..256 vs all at "
+            f"the mean): mixed {_fmt(_get(server, 'mixed', 'tokens_per_s'))} tok/s, equal "
+            f"{_fmt(_get(server, 'equal', 'tokens_per_s'))} tok/s, mixed/equal "
+            f"{_fmt(server.get('mixed_over_equal_tokens_per_s'), digits=2)}; short request's first token "
+            f"{_fmt(server.get('short_first_token_over_lone'), 'x', 2)} a lone one's "
+            f"({_fmt(server.get('lone_first_token_ms_p50'), ' ms')})"]
+
+
 def _explanation_lines(report: Mapping[str, Any]) -> list[str]:
     ex = report.get("explanations")
     if not ex:
@@ -324,7 +336,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines += _variant_lines(report, "neighbour", "with one busy process on the same cores (the benchmark's own "
                                                  "child, so not in 'other')")
     lines += _backend_lines(report) + _variant_lines(report, "backend_servers", "server with each backend")
-    lines += _generation_lines(report) + _explanation_lines(report)
+    lines += _generation_lines(report) + _generation_mixed_lines(report) + _explanation_lines(report)
     for name, error in report.get("errors", {}).items():
         last = error.strip().splitlines()[-1] if error.strip() else ""
         lines.append(f"FAILED {name}: {last}"[:200])
