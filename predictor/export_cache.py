@@ -10,9 +10,14 @@ import hashlib
 import inspect
 import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
+
+E = TypeVar("E")
 
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json")
 _EXPORT_NAME = re.compile(r"model-[0-9a-f]{16}\.")  # our own exports (an OpenVINO IR's weights are a .bin)
@@ -78,3 +83,33 @@ def export_folder(model_dir: Path, cache_dir: Path) -> Path:
 def scratch_path(path: Path, kind: str = "partial") -> Path:
     """A name next to `path`, unique to this process: two servers exporting one model never share a file."""
     return path.with_name(f"{path.stem}.{os.getpid()}.{kind}{path.suffix}")
+
+
+class PerThreadCount(Generic[E]):
+    """One engine (an ONNX Runtime session, an OpenVINO compiled model) per torch thread count of the
+    calling thread, built on first use.
+
+    torch's thread count is set per thread (each model worker has its own, the all-cores thread all
+    cores); a compiled engine fixes its thread count when built, so each count gets its own engine.
+    """
+
+    def __init__(self, build: Callable[[int], E]) -> None:
+        self._build = build
+        self._engines: dict[int, E] = {}
+        self._lock = threading.Lock()
+
+    def current(self) -> E:
+        """The engine for this thread's torch thread count."""
+        threads = torch.get_num_threads()
+        engine = self._engines.get(threads)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(threads)
+                if engine is None:
+                    engine = self._engines[threads] = self._build(threads)
+        return engine
+
+    @property
+    def thread_counts(self) -> list[int]:
+        """The thread counts engines have been built for."""
+        return sorted(self._engines)

@@ -105,6 +105,11 @@ class GeneralizedHandler:
         logger.info("model loaded: mode=%s version=%s device=%s in %.1fs", handler.mode.value, version,
                     plan.device, time.perf_counter() - started)
 
+    def warm_up(self) -> None:
+        """One sample inference on the calling thread (a thread with its own torch thread count builds
+        its own compiled engine and OpenMP team here rather than on its first request)."""
+        self._warm_up(self.state)
+
     def _warm_up(self, state: LoadedState) -> None:
         task = state.task
         try:
@@ -146,6 +151,12 @@ class GeneralizedHandler:
     def mode(self) -> TaskName:
         """The handler mode."""
         return self.state.config.handler.mode
+
+    @property
+    def backend(self) -> str:
+        """What runs the forward passes: eager, torchscript, onnx, openvino, int8 (+compile)."""
+        task: Any = self.state.task  # the Task protocol does not name the runner
+        return str(getattr(task.model, "backend", "eager"))
 
     @property
     def version(self) -> str:

@@ -30,6 +30,7 @@ class ModelRunner:
         self.torchscript = torchscript
         self.device = torch.device(device)
         self.config = config  # transformers PretrainedConfig, or None for a bare TorchScript file
+        self.backend = "torchscript" if torchscript else "eager"  # what runs the forward pass (metrics, logs)
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run one forward pass; inputs are moved to the model's device."""
@@ -179,6 +180,7 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
             from torch.ao.quantization import quantize_dynamic
 
             runner.module = quantize_dynamic(runner.module, {torch.nn.Linear}, dtype=torch.qint8)
+            runner.backend = "int8"
             # Quantisation changes some labels (figures: predictor/bench/README.md), hence a warning.
             logger.warning("backend int8: dynamic quantisation of Linear layers; it can change answers: "
                            "check label agreement on your own data (python -m predictor bench) before serving")
@@ -192,6 +194,7 @@ def apply_optimizations(runner: ModelRunner, config: ModelConfig, plan: DevicePl
             except Exception as exc:  # torch rejects unknown backends/modes only here
                 raise ConfigError(f"pt2.compile: backend {pt2.backend!r} / mode {pt2.mode!r} rejected by "
                                   f"torch.compile: {exc}") from exc
+            runner.backend += "+compile"
             logger.info("pt2.compile: torch.compile(backend=%s, mode=%s)", pt2.backend, pt2.mode)
     return runner
 

@@ -19,6 +19,7 @@ import torch
 
 from predictor.errors import ConfigError
 from predictor.export_cache import (
+    PerThreadCount,
     TupleOutputs,
     export_folder,
     input_names,
@@ -107,8 +108,18 @@ class OnnxRunner:
     """A ModelRunner whose forward pass is an ONNX Runtime session; the torch model stays for explanations."""
 
     torchscript = False
+    backend = "onnx"
 
-    def __init__(self, module: torch.nn.Module, path: Path, threads: int) -> None:
+    def __init__(self, module: torch.nn.Module, path: Path) -> None:
+        self.path = path
+        self.sessions = PerThreadCount(self._session)
+        self.names = input_names(module)
+        self.module = module
+        self.config = getattr(module, "config", None)
+        self.device = torch.device("cpu")
+        self.sessions.current()  # the loading thread's, built now: a broken file fails the load
+
+    def _session(self, threads: int) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -117,19 +128,14 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         # Idle ORT threads otherwise spin, stealing the CPU the event loop needs to answer probes.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.path = path
-        self.names = input_names(module)
-        self.module = module
-        self.config = getattr(module, "config", None)
-        self.device = torch.device("cpu")
+        return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """One forward pass through ONNX Runtime."""
+        """One forward pass through ONNX Runtime, on the session with this thread's torch thread count."""
         feeds = {k: inputs[k].cpu().numpy().astype(np.int64) for k in self.names if k in inputs}
         if "token_type_ids" in self.names and "token_type_ids" not in inputs:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        return tuple(torch.from_numpy(out) for out in self.session.run(None, feeds))
+        return tuple(torch.from_numpy(out) for out in self.sessions.current().run(None, feeds))
 
 
 def load_onnx(runner: Any, model_dir: Path, cache_dir: Path) -> OnnxRunner:
@@ -139,4 +145,4 @@ def load_onnx(runner: Any, model_dir: Path, cache_dir: Path) -> OnnxRunner:
     except ModuleNotFoundError as exc:
         raise ConfigError("handler.backend onnx needs onnxruntime: pip install 'predictor[onnx]'") from exc
     path = onnx_file(runner.module, export_folder(model_dir, cache_dir), weights_digest(model_dir))
-    return OnnxRunner(runner.module, path, threads=torch.get_num_threads())
+    return OnnxRunner(runner.module, path)

@@ -18,6 +18,7 @@ import torch
 
 from predictor.errors import ConfigError
 from predictor.export_cache import (
+    PerThreadCount,
     TupleOutputs,
     export_folder,
     input_names,
@@ -57,8 +58,18 @@ class OpenVinoRunner:
     """A ModelRunner whose forward pass is an OpenVINO compiled model; the torch model stays to explain."""
 
     torchscript = False
+    backend = "openvino"
 
-    def __init__(self, module: torch.nn.Module, path: Path, threads: int) -> None:
+    def __init__(self, module: torch.nn.Module, path: Path) -> None:
+        self.path = path
+        self.engines = PerThreadCount(self._compile)
+        self.names = input_names(module)
+        self.module = module
+        self.config = getattr(module, "config", None)
+        self.device = torch.device("cpu")
+        self.engines.current()  # the loading thread's, compiled now: a broken IR fails the load
+
+    def _compile(self, threads: int) -> Any:
         import openvino as ov
 
         # One stream per model worker (the workers call side by side), each with the worker's threads,
@@ -66,22 +77,18 @@ class OpenVinoRunner:
         # in bf16 and change answers.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         streams = max(1, cores // threads)
-        self.compiled = ov.Core().compile_model(str(path), "CPU", {
+        return ov.Core().compile_model(str(self.path), "CPU", {
             "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
             "INFERENCE_PRECISION_HINT": "f32"})
-        self.path = path
-        self.names = input_names(module)
-        self.module = module
-        self.config = getattr(module, "config", None)
-        self.device = torch.device("cpu")
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """One forward pass; a fresh infer request per call, so concurrent workers never share one."""
         feeds = {k: inputs[k].cpu().numpy().astype(np.int64) for k in self.names if k in inputs}
         if "token_type_ids" in self.names and "token_type_ids" not in inputs:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        result = self.compiled.create_infer_request().infer(feeds)
-        return tuple(torch.from_numpy(np.array(result[out])) for out in self.compiled.outputs)
+        compiled = self.engines.current()
+        result = compiled.create_infer_request().infer(feeds)
+        return tuple(torch.from_numpy(np.array(result[out])) for out in compiled.outputs)
 
 
 def load_openvino(runner: Any, model_dir: Path, cache_dir: Path) -> OpenVinoRunner:
@@ -94,4 +101,4 @@ def load_openvino(runner: Any, model_dir: Path, cache_dir: Path) -> OpenVinoRunn
     path = export_folder(model_dir, cache_dir) / f"model-{weights_digest(model_dir)}.openvino.xml"
     if not path.exists():
         convert(runner.module, path)
-    return OpenVinoRunner(runner.module, path, threads=torch.get_num_threads())
+    return OpenVinoRunner(runner.module, path)

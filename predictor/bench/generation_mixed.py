@@ -183,7 +183,7 @@ def measure_server(model_dir: Path, seconds: float) -> dict[str, Any]:
         return _phases(run_one, probe, seconds)
 
 
-def _ratios(result: dict[str, Any]) -> dict[str, Any]:
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
     mixed, equal = result["mixed"], result["equal"]
     return {**result,
             "mixed_over_equal_tokens_per_s": round(mixed["tokens_per_s"] / equal["tokens_per_s"], 2),
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.measure:
         measure = measure_inprocess if args.measure == "inprocess" else measure_server
-        print(json.dumps(_ratios(measure(args.model_dir, args.seconds))))
+        print(json.dumps(ratios(measure(args.model_dir, args.seconds))))
         return
     model_dir = build_model(args.model_dir or Path(tempfile.gettempdir()) / "predictor-gen-mixed")
     here = Path(__file__).resolve().parents[2]  # the folder that holds this predictor package

@@ -8,6 +8,16 @@ from typing import Any
 # Issue #8: at concurrency 1 the server may add at most this much to a single forward pass.
 C1_OVERHEAD_BUDGET_MS = 3.0
 
+# Issue #22's targets, ratios within one run: (figure in `derived`, comparison, bound).
+TARGETS_22: tuple[tuple[str, str, float], ...] = (
+    ("v1_over_kserve_hf", ">=", 2.0),
+    ("server_over_seed", ">=", 4.0),
+    ("server_over_served_backend_inprocess", ">=", 0.9),
+    ("c1_p50_minus_served_backend_forward_ms", "<=", 2.0),
+    ("p99_over_p50", "<=", 2.0),
+    ("generation_mixed_over_equal", ">=", 0.8),
+)
+
 
 def _get(data: Mapping[str, Any] | None, *path: Any) -> Any:
     for key in path:
@@ -60,6 +70,25 @@ def kserve_hf_phase(report: Mapping[str, Any], concurrency: int) -> Mapping[str,
     return None
 
 
+def served_backend_figures(report: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The in-process figures of the backend the default server served (its /metrics says which)."""
+    name = _get(report, "server", "backend")
+    entry = _get(report, "backends", name) if name else None
+    return entry if isinstance(entry, Mapping) and entry.get("batch_sizes") else None
+
+
+def _best_seq_per_s(entry: Mapping[str, Any] | None) -> float | None:
+    sizes = (entry or {}).get("batch_sizes") or {}
+    rates = [v.get("seq_per_s") for v in sizes.values() if isinstance(v.get("seq_per_s"), int | float)]
+    return max(rates) if rates else None
+
+
+def _target_met(value: Any, comparison: str, bound: float) -> bool | None:
+    if not isinstance(value, int | float):
+        return None
+    return value >= bound if comparison == ">=" else value <= bound
+
+
 def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
     """Ratios and targets from the measured sections: None where a section did not run."""
     top = phase(report, "predictions", top_concurrency)
@@ -88,9 +117,19 @@ def derive(report: Mapping[str, Any], top_concurrency: int) -> dict[str, Any]:
     ratios["fastest_backend_over_kserve_hf"] = _ratio(fastest[1], hf_top) if fastest else None
     ratios["fastest_backend_over_seed"] = _ratio(fastest[1], _get(report, "seed_way", "seq_per_s")) \
         if fastest else None
+    served = served_backend_figures(report)
+    served_b1 = _get(served, "batch_sizes", "1", "forward_ms_median")
+    ratios["served_backend"] = _get(report, "server", "backend")
+    ratios["server_over_served_backend_inprocess"] = _ratio(_get(top, "throughput_rps"), _best_seq_per_s(served))
+    ratios["c1_p50_minus_served_backend_forward_ms"] = round(c1_p50 - served_b1, 2) \
+        if isinstance(c1_p50, int | float) and isinstance(served_b1, int | float) else None
+    ratios["generation_mixed_over_equal"] = _get(report, "generation_mixed", "server",
+                                                 "mixed_over_equal_tokens_per_s")
     targets = {"c1_p50_within_single_forward_plus_3ms": None if overhead is None
                else overhead <= C1_OVERHEAD_BUDGET_MS}
-    return {"concurrency": top_concurrency, **ratios, "targets": targets}
+    targets_22 = {name: _target_met(ratios.get(name), comparison, bound)
+                  for name, comparison, bound in TARGETS_22}
+    return {"concurrency": top_concurrency, **ratios, "targets": targets, "targets_22": targets_22}
 
 
 def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
@@ -208,6 +247,18 @@ def _generation_lines(report: Mapping[str, Any]) -> list[str]:
             f"{_fmt(stream.get('complete_ms_median'), ' ms')}"]
 
 
+def _generation_mixed_lines(report: Mapping[str, Any]) -> list[str]:
+    server = _get(report, "generation_mixed", "server")
+    if not server:
+        return []
+    return [f"generation, mixed lengths through the server (16 greedy clients, max_new_tokens 8..256 vs all at "
+            f"the mean): mixed {_fmt(_get(server, 'mixed', 'tokens_per_s'))} tok/s, equal "
+            f"{_fmt(_get(server, 'equal', 'tokens_per_s'))} tok/s, mixed/equal "
+            f"{_fmt(server.get('mixed_over_equal_tokens_per_s'), digits=2)}; short request's first token "
+            f"{_fmt(server.get('short_first_token_over_lone'), 'x', 2)} a lone one's "
+            f"({_fmt(server.get('lone_first_token_ms_p50'), ' ms')})"]
+
+
 def _explanation_lines(report: Mapping[str, Any]) -> list[str]:
     ex = report.get("explanations")
     if not ex:
@@ -241,6 +292,15 @@ def _ratio_line(derived: Mapping[str, Any]) -> str:
     return line
 
 
+def _targets_22_lines(derived: Mapping[str, Any]) -> list[str]:
+    met = derived.get("targets_22") or {}
+    lines = [f"issue #22 targets (served backend: {derived.get('served_backend') or '-'})"]
+    for name, comparison, bound in TARGETS_22:
+        lines.append(f"  {name:<42} {_fmt(derived.get(name), digits=2):>8}  {comparison} {bound:g}: "
+                     f"{_fmt(met.get(name))}")
+    return lines
+
+
 def _soak_lines(report: Mapping[str, Any]) -> list[str]:
     soak = report.get("soak")
     if not soak or "rss_mb" not in soak:
@@ -271,11 +331,12 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines += _limit_lines(report) + _server_lines(report) + _kserve_hf_lines(report) + _soak_lines(report)
     if report.get("derived"):
         lines.append(_ratio_line(report["derived"]))
+        lines += _targets_22_lines(report["derived"])
     lines += _variant_lines(report, "server_variants", "server variants (one worker of every core, OpenMP waiting)")
     lines += _variant_lines(report, "neighbour", "with one busy process on the same cores (the benchmark's own "
                                                  "child, so not in 'other')")
     lines += _backend_lines(report) + _variant_lines(report, "backend_servers", "server with each backend")
-    lines += _generation_lines(report) + _explanation_lines(report)
+    lines += _generation_lines(report) + _generation_mixed_lines(report) + _explanation_lines(report)
     for name, error in report.get("errors", {}).items():
         last = error.strip().splitlines()[-1] if error.strip() else ""
         lines.append(f"FAILED {name}: {last}"[:200])

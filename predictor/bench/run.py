@@ -37,7 +37,7 @@ from predictor.bench.server_process import ServerError, ServerProcess, batch_met
 logger = logging.getLogger("predictor.bench")
 
 SECTIONS = ("limit", "seed", "backends", "explanations", "server", "kserve_hf", "soak", "server_variants",
-            "neighbour", "backend_servers", "generation")
+            "neighbour", "backend_servers", "generation", "generation_mixed")
 
 
 def server_variants(cores: int) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
@@ -76,6 +76,7 @@ class Settings:
     stream_requests: int = 5
     soak_s: float = 300.0  # memory over a long load at the top concurrency
     soak_chunk_s: float = 30.0  # one RSS sample per chunk
+    generation_mixed_s: float = 20.0  # per phase of generation_mixed.py (mixed, equal, mixed with the probe)
     threads: int = 2
     attempts: int = 3  # per in-process figure, when other work disturbed it
     sections: tuple[str, ...] = SECTIONS
@@ -89,7 +90,8 @@ class Settings:
                                   "generation_s": 2.0, "generation_rounds": 2, "stream_requests": 2, "attempts": 1,
                                   "sections": tuple(s for s in SECTIONS
                                                     if s not in ("server_variants", "backend_servers",
-                                                                 "kserve_hf", "soak", "neighbour"))}
+                                                                 "kserve_hf", "soak", "neighbour",
+                                                                 "generation_mixed"))}
         return cls(**{**values, **overrides})
 
 
@@ -219,7 +221,8 @@ def measure_server(run: Run) -> dict[str, Any]:
     result: dict[str, Any] = {"startup_s": server.start(), "command": " ".join(server.command()[1:]),
                               "model_workers": (server.worker_plan() or (None, None))[0],
                               "intra_op_threads": (server.worker_plan() or (None, None))[1],
-                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "the predictor's default")}
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "the predictor's default"),
+                              "backend": server.backend()}
     try:
         phases = [_phase(server, "predictions", requests["predictions"], c, s) for c in s.concurrencies]
         phases.append(_phase(server, "v1", requests["v1"], max(s.concurrencies), s))
@@ -358,6 +361,16 @@ def measure_generation(run: Run) -> dict[str, Any]:
     return result
 
 
+def measure_generation_mixed(run: Run) -> dict[str, Any]:
+    """16 greedy clients, max_new_tokens drawn from 8..256 against all at the draw's mean, through the
+    server; a short streamed request's first token under that load (generation_mixed.py)."""
+    from predictor.bench import generation_mixed
+
+    model_dir = generation_mixed.build_model(run.workdir / "gen-mixed")
+    return {"server": generation_mixed.ratios(generation_mixed.measure_server(model_dir,
+                                                                              run.settings.generation_mixed_s))}
+
+
 # ---- the run ----------------------------------------------------------------------------------
 def run_benchmark(settings: Settings, models: ModelDirs, workdir: Path) -> dict[str, Any]:
     """Every selected section, one after the other, into one report (sections that fail are listed)."""
@@ -400,6 +413,7 @@ def _run_sections(settings: Settings, models: ModelDirs, workdir: Path) -> dict[
     run.section("neighbour", lambda: measure_neighbour(run))
     run.section("backend_servers", lambda: measure_backend_servers(run))
     run.section("generation", lambda: measure_generation(run))
+    run.section("generation_mixed", lambda: measure_generation_mixed(run))
     run.report["derived"] = derive(run.report, max(settings.concurrencies))
     run.report["meta"]["load_average_end"] = machine.load_average()
     busy = [v for v in run.report.get("section_foreign_cpu_cores", {}).values() if v is not None]

@@ -188,6 +188,13 @@ class ServerProcess:
         response.raise_for_status()
         return parse_prometheus(response.text)
 
+    def backend(self) -> str | None:
+        """The backend running the forward passes, as the server's /metrics says (backend auto's choice)."""
+        for key, value in self.metrics().items():
+            if key.startswith('predictor_model_backend{backend="') and value == 1:
+                return key.split('"')[1]
+        return None
+
     def rss_bytes(self) -> int:
         """The server's resident memory now."""
         return rss_bytes(self.pid)

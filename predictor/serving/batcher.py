@@ -107,6 +107,11 @@ class InferenceQueue:
         metrics.WORKERS.set(workers)
         self.generations = ScheduledGenerations(self)  # greedy generation: the scheduler's own route
 
+    def warm_up(self) -> None:
+        """Warm the all-cores thread up (blocking) when it runs on another thread count than the workers."""
+        if self.uncontended_threads.every != self.threads:
+            self._all_cores_thread.submit(self.handler.warm_up).result()
+
     # ---- state -------------------------------------------------------------------------------
     @property
     def depth(self) -> int:

@@ -87,6 +87,8 @@ class TransformersModel(kserve.Model):
                                             workers=plan.workers, threads=plan.threads,
                                             all_threads=plan.all_cores_threads, set_threads=set_torch_threads,
                                             stream_timeout_s=config.limits.max_stream_seconds)
+                self.queue.warm_up()
+                metrics.BACKEND.labels(self.handler.backend).set(1)
                 self.handler.observer = metrics.observe_batch
                 freeze_loaded_objects()
                 self.ready = True

@@ -30,6 +30,8 @@ BATCH_TOKENS = Histogram(
 )
 REAL_TOKENS = Counter("predictor_real_tokens_total", "Tokens of the inputs themselves")
 PADDED_TOKENS = Counter("predictor_padded_tokens_total", "Tokens computed, padding included")
+BACKEND = Gauge("predictor_model_backend", "1 for the backend running the forward passes (backend auto's choice)",
+                ["backend"])
 READY = Gauge("predictor_model_ready", "1 when the model is loaded and inference is not wedged")
 
 

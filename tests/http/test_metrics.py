@@ -43,3 +43,5 @@ def test_batch_and_readiness_metrics(seq):
     busy = re.search(r"^predictor_model_workers_busy (\S+)$", text, re.MULTILINE)
     assert busy and 0 <= float(busy.group(1)) <= workers
     assert float(re.search(r"^predictor_batch_size_count (\S+)$", text, re.MULTILINE).group(1)) >= 1
+    backends = re.findall(r'^predictor_model_backend\{backend="([^"]+)"\} 1\.0$', text, re.MULTILINE)
+    assert len(backends) == 1 and backends[0] in ("eager", "onnx", "openvino"), backends  # auto's choice

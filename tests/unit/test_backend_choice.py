@@ -141,3 +141,65 @@ def test_forced_openvino_answers_as_transformers(tmp_path: Path) -> None:
         [expected] = _direct_probabilities(path, [text], "token_classification")
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
         assert (got - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_a_thread_with_more_torch_threads_gets_its_own_engine_with_the_same_answers(
+        backend: str, tmp_path: Path) -> None:
+    """The all-cores thread (every core) must not run the workers' one-thread engine."""
+    pytest.importorskip("onnxruntime" if backend == "onnx" else "openvino")
+    import threading
+
+    path = build_encoder(tmp_path / "seq", "sequence_classification", backend=backend)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loading thread is a one-thread model worker
+    try:
+        handler = GeneralizedHandler(path, cache_dir=tmp_path / "cache")
+        handler.load()
+    finally:
+        torch.set_num_threads(before)
+    assert handler.backend == backend
+    runner = handler.state.task.model  # type: ignore[attr-defined]
+    engines = runner.sessions if backend == "onnx" else runner.engines
+    assert engines.thread_counts == [1]
+    task = handler.state.task
+    encoded = task.encode([task.parse(t) for t in TEXTS])
+    one = task.logits(encoded)  # type: ignore[attr-defined]
+    got: list[torch.Tensor] = []
+    intra_op: list[int] = []
+
+    def all_cores() -> None:
+        torch.set_num_threads(2)
+        got.append(task.logits(encoded))  # type: ignore[attr-defined]
+        if backend == "onnx":
+            intra_op.append(engines.current().get_session_options().intra_op_num_threads)
+
+    thread = threading.Thread(target=all_cores)
+    thread.start()
+    thread.join()
+    assert engines.thread_counts == [1, 2]
+    assert intra_op == ([2] if backend == "onnx" else [])
+    assert (got[0] - one).abs().max() <= 1e-5
+
+
+def test_the_queue_builds_the_all_cores_engine_before_serving(tmp_path: Path) -> None:
+    """The first uncontended request must not pay for building the every-core engine."""
+    pytest.importorskip("onnxruntime")
+    from predictor.serving.batcher import InferenceQueue
+    from predictor.serving.cpu import set_torch_threads
+
+    path = build_encoder(tmp_path / "seq", "sequence_classification", backend="onnx")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        handler = GeneralizedHandler(path, cache_dir=tmp_path / "cache")
+        handler.load()
+    finally:
+        torch.set_num_threads(before)
+    queue = InferenceQueue(handler, batch_size=4, capacity=8, timeout_s=30, workers=1, threads=1,
+                           all_threads=2, set_threads=set_torch_threads)
+    try:
+        queue.warm_up()
+        assert handler.state.task.model.sessions.thread_counts == [1, 2]  # type: ignore[attr-defined]
+    finally:
+        queue.shutdown()

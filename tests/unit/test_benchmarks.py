@@ -270,6 +270,36 @@ def test_fastest_backend_counts_only_backends_that_keep_the_answers() -> None:
     assert report.derive(measured, 32)["fastest_backend"] == "int8"
 
 
+def test_issue_22_targets_compare_the_server_with_the_backend_it_served() -> None:
+    def phase(route: str, concurrency: int, rps: float, p50: float, p99: float) -> dict[str, Any]:
+        return {"route": route, "concurrency": concurrency, "throughput_rps": rps,
+                "latency_ms": {"p50": p50, "p99": p99}}
+
+    measured: dict[str, Any] = {
+        "seed_way": {"seq_per_s": 50.0},
+        "kserve_hf": {"phases": [{"route": "v1", "concurrency": 32, "throughput_rps": 100.0}]},
+        "server": {"backend": "onnx", "phases": [phase("predictions", 1, 100.0, 9.0, 12.0),
+                                                  phase("predictions", 32, 250.0, 120.0, 180.0),
+                                                  phase("v1", 32, 240.0, 125.0, 190.0)]},
+        "backends": {"eager": {"batch_sizes": {"1": {"seq_per_s": 100.0, "forward_ms_median": 8.0}}},
+                     "onnx": {"batch_sizes": {"1": {"seq_per_s": 150.0, "forward_ms_median": 6.5},
+                                              "8": {"seq_per_s": 260.0, "forward_ms_median": 30.0}}}},
+        "generation_mixed": {"server": {"mixed_over_equal_tokens_per_s": 0.75}},
+    }
+    derived = report.derive(measured, 32)
+    assert derived["served_backend"] == "onnx"
+    assert derived["server_over_served_backend_inprocess"] == round(250 / 260, 3)  # onnx's best, not eager's
+    assert derived["c1_p50_minus_served_backend_forward_ms"] == 2.5
+    assert derived["targets_22"] == {"v1_over_kserve_hf": True, "server_over_seed": True,
+                                     "server_over_served_backend_inprocess": True,
+                                     "c1_p50_minus_served_backend_forward_ms": False,
+                                     "p99_over_p50": True, "generation_mixed_over_equal": False}
+    table = report.format_table({"derived": derived, "generation_mixed": measured["generation_mixed"]})
+    assert "issue #22 targets (served backend: onnx)" in table and "mixed/equal 0.75" in table
+    del measured["server"]["backend"]  # an older server without the metric: no comparison, not a pass
+    assert report.derive(measured, 32)["targets_22"]["c1_p50_minus_served_backend_forward_ms"] is None
+
+
 # ---- latency-vs-throughput curves (a synthetic report: no benchmark runs here) --------------------------
 def _phase_entry(route: str, concurrency: int, rps: float, p50: float) -> dict[str, Any]:
     return {"route": route, "concurrency": concurrency, "throughput_rps": rps, "latency_ms": {"p50": p50}}
