@@ -335,14 +335,26 @@ class GenerationScheduler:
             layer.leave(holes, movers, count, start)
 
 
+ROW_ROOM, COLUMN_ROOM = 4, 32  # the least spare rows and columns a relayout leaves
+
+
+def _room(used: int, least: int) -> int:
+    """Storage for `used` rows or columns: a quarter more, at least `least` more, rounded up to `least`
+    (few distinct sizes, so the allocator can reuse what a previous relayout freed)."""
+    wanted = used + max(least, used // 4)
+    return -(-wanted // least) * least
+
+
 class _SlotLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of storage with room for more rows and columns.
 
     A decoding step writes its column in place where DynamicLayer.update concatenates the whole cache;
     rows join into spare rows, leave by having the last rows moved into their places, and left padding
-    that no row needs is dropped by moving the view's first column. Growth doubles, so copies are
-    amortised. Hand-written: transformers' StaticLayer preallocates but attends over its whole length
-    and fixes the batch size.
+    that no row needs is dropped by moving the view's first column. Storage is what is used plus a
+    quarter (_room), so copies are amortised and a long-running batch holds at most about 1.6x its
+    cache (doubling held up to 4x, and never gave it back while rows kept arriving); it shrinks when
+    most rows have left. Hand-written: transformers' StaticLayer preallocates but attends over its
+    whole length and fixes the batch size.
     """
 
     def __init__(self) -> None:
@@ -370,7 +382,7 @@ class _SlotLayer(DynamicLayer):
         """Write the new columns in place (growing the storage when full); the filled columns."""
         added = key_states.shape[-2]
         if self.end + added > self._k.shape[2]:
-            self._relayout(self._k.shape[0], 2 * (self.end - self.start + added), 0)
+            self._relayout(_room(self.rows, ROW_ROOM), _room(self.end - self.start + added, COLUMN_ROOM), 0)
         self._k[:self.rows, :, self.end:self.end + added] = key_states
         self._v[:self.rows, :, self.end:self.end + added] = value_states
         self.end += added
@@ -387,9 +399,7 @@ class _SlotLayer(DynamicLayer):
         width = max(length, theirs)
         wider = width - length
         if self.rows + added > self._k.shape[0] or wider > self.start:
-            rows = max(self._k.shape[0], 2 * (self.rows + added)) if self.rows + added > self._k.shape[0] \
-                else self._k.shape[0]
-            self._relayout(rows, max(self._k.shape[2], 2 * width), wider)
+            self._relayout(_room(self.rows + added, ROW_ROOM), _room(width, COLUMN_ROOM), wider)
         if wider:
             self._k[:self.rows, :, self.start - wider:self.start] = 0
             self._v[:self.rows, :, self.start - wider:self.start] = 0
@@ -411,6 +421,9 @@ class _SlotLayer(DynamicLayer):
             self._v[to, :, self.start:self.end] = self._v[source, :, self.start:self.end]
         self.rows, self.start = rows, self.start + trim
         self._view()
+        if self._k.shape[0] > 2 * _room(rows, ROW_ROOM):  # most rows have left: give the memory back
+            self._relayout(_room(rows, ROW_ROOM), _room(self.end - self.start, COLUMN_ROOM), 0)
+
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:

@@ -211,6 +211,24 @@ def test_a_decoding_step_writes_into_the_cache_it_has_instead_of_copying_it() ->
     assert shared >= 45  # only a few steps grow the storage
 
 
+def test_the_cache_storage_stays_near_what_the_batch_uses_and_shrinks_when_rows_leave() -> None:
+    from predictor.tasks.generation_scheduler import GenerationScheduler
+
+    scheduler = GenerationScheduler(tiny_lm("gpt2"), lambda instances: [],
+                                    lambda row: "length" if len(row.new_ids) >= row.params.max_new_tokens else None)
+    for k in range(16):  # two long rows; fourteen that leave after 10 tokens
+        submit(scheduler, [5 + k % 7] * (3 + k % 5), 100 if k < 2 else 10)
+    seen = []  # (rows used, rows held, columns used, columns held) after every step
+    while scheduler.has_work:
+        scheduler.step()
+        if scheduler._cache is not None:
+            layer = scheduler._cache.layers[0]
+            seen.append((layer.rows, layer._k.shape[0], layer.end - layer.start, layer._k.shape[2]))
+    assert seen[-1][0] == 2, seen[-1]
+    for rows, held_rows, columns, held_columns in seen:
+        assert held_rows <= 1.5 * rows + 8 and held_columns <= 1.5 * columns + 64, seen
+
+
 def test_only_a_task_that_schedules_generations_takes_one(handlers: dict[str, GeneralizedHandler]) -> None:
     from predictor.errors import InvalidRequestError
 
