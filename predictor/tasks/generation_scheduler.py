@@ -351,9 +351,8 @@ class _SlotLayer(DynamicLayer):
     A decoding step writes its column in place where DynamicLayer.update concatenates the whole cache;
     rows join into spare rows, leave by having the last rows moved into their places, and left padding
     that no row needs is dropped by moving the view's first column. Storage is what is used plus a
-    quarter (_room), so copies are amortised and a long-running batch holds at most about 1.6x its
-    cache (doubling held up to 4x, and never gave it back while rows kept arriving); it shrinks when
-    most rows have left. Hand-written: transformers' StaticLayer preallocates but attends over its
+    quarter (_room), so copies are amortised and a batch that never empties holds at most about 1.6x
+    its cache; it shrinks when most rows have left. Hand-written: transformers' StaticLayer preallocates but attends over its
     whole length and fixes the batch size.
     """
 
@@ -423,7 +422,6 @@ class _SlotLayer(DynamicLayer):
         self._view()
         if self._k.shape[0] > 2 * _room(rows, ROW_ROOM):  # most rows have left: give the memory back
             self._relayout(_room(rows, ROW_ROOM), _room(self.end - self.start, COLUMN_ROOM), 0)
-
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
